@@ -1,0 +1,63 @@
+# Everything a fresh machine needs: `make run` (the main job, local) and `make test` (all checks).
+# Both create .venv and install what they use; system packages come from apt when we are root.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STATE_DIR ?= .letterbox-state
+# System packages the suite runs for real (see ../shared/PEERS.md); installed once per machine.
+APT_PACKAGES ?=
+PYTEST_ARGS ?=
+
+.PHONY: all venv system-deps lint format crds run test unit e2e k8s-binaries clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> creating $(VENV) and installing letterbox with its test tools"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" != 0 ]; then echo "error: need root to install: $$missing" >&2; exit 1; fi; \
+	    echo "==> apt-get install $$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+crds: venv
+	$(BIN)/letterbox crds --output crds
+
+# Until the mail pod lands, the main job is the offline view of examples/: the DNS records the
+# domain needs and the objects the operator would create (generated material in $(STATE_DIR)).
+run: venv
+	$(BIN)/letterbox dns-plan --state-dir $(STATE_DIR) examples/
+	$(BIN)/letterbox render --state-dir $(STATE_DIR) examples/
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test: venv system-deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STATE_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from letterbox.cli import main
+
+sys.exit(main())

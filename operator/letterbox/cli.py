@@ -1,0 +1,230 @@
+"""The `letterbox` command line: CRDs, offline render and DNS plan of manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from letterbox import __version__
+from letterbox.api.crd import custom_resource_definitions
+from letterbox.api.dnsrecord import DnsRecord, zone_line
+from letterbox.api.manifests import ManifestError, Manifests, load_manifests
+from letterbox.api.meta import domain_of
+from letterbox.material import StateDir, default_state_dir
+from letterbox.render.dkim import DkimKeyMaterial
+from letterbox.render.dnsrecords import domain_records
+from letterbox.render.secrets import credentials_secret, dkim_secret
+
+EXIT_INVALID = 1
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _read_sources(paths: Sequence[str]) -> list[tuple[str, str]]:
+    sources: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not files:
+                raise CliError(f"{path}: no .yaml or .yml files in this directory")
+        elif path.is_file() or raw == "-":
+            files = [path]
+        else:
+            raise CliError(f"{path}: no such file or directory")
+        for file in files:
+            sources.append((str(file), sys.stdin.read() if raw == "-" else file.read_text()))
+    return sources
+
+
+def _load(paths: Sequence[str]) -> Manifests:
+    manifests = load_manifests(_read_sources(paths))
+    declared = {domain.spec.domain for domain in manifests.domains}
+    for resource, address in [
+        *((m, m.spec.address) for m in manifests.mailboxes),
+        *((a, a.spec.address) for a in manifests.aliases),
+        *((k, "@" + k.spec.domain) for k in manifests.dkim_keys),
+    ]:
+        if domain_of(address) not in declared:
+            print(
+                f"warning: {resource.kind} {resource.metadata.name}: no MailDomain declares "
+                f"{domain_of(address)}; the operator would report Ready=False "
+                "(reason DomainNotFound)",
+                file=sys.stderr,
+            )
+    return manifests
+
+
+def _dkim_material(manifests: Manifests, state: StateDir) -> list[DkimKeyMaterial]:
+    return [
+        DkimKeyMaterial(
+            domain=key.spec.domain,
+            selector=key.spec.selector,
+            algorithm=key.spec.algorithm,
+            private_key_pem=state.dkim_key(
+                key.metadata.namespace or "default",
+                key.metadata.name,
+                key.spec.selector,
+                key.spec.algorithm,
+            ),
+        )
+        for key in manifests.dkim_keys
+    ]
+
+
+def _redact(obj: dict[str, Any]) -> dict[str, Any]:
+    data = obj.get("stringData", {})
+    return {
+        **obj,
+        "stringData": {
+            k: (v if k in ("username", "selector", "algorithm", "domain") else "<redacted>")
+            for k, v in data.items()
+        },
+    }
+
+
+def cmd_crds(args: argparse.Namespace) -> None:
+    crds = custom_resource_definitions()
+    if args.output is None:
+        sys.stdout.write(yaml.safe_dump_all(crds, sort_keys=False))
+        return
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for crd in crds:
+        target = out / f"{crd['metadata']['name']}.yaml"
+        target.write_text(yaml.safe_dump(crd, sort_keys=False))
+        print(f"wrote {target}", file=sys.stderr)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    manifests = _load(args.manifests)
+    state = StateDir(Path(args.state_dir))
+    objects: list[dict[str, Any]] = [
+        credentials_secret(
+            mailbox, state.password(mailbox.metadata.namespace or "default", mailbox.metadata.name)
+        )
+        for mailbox in manifests.mailboxes
+        if mailbox.spec.password is None
+    ]
+    objects += [
+        dkim_secret(key, material)
+        for key, material in zip(manifests.dkim_keys, _dkim_material(manifests, state), strict=True)
+    ]
+    if not args.show_secrets:
+        objects = [_redact(obj) for obj in objects]
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+
+
+def _record_rows(records: list[DnsRecord]) -> str:
+    header = ("PURPOSE", "NAME", "TYPE", "TTL", "VALUE")
+    rows = [header] + [(r.purpose, r.name, r.type.value, str(r.ttl), r.value) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        + "\n"
+        for row in rows
+    )
+
+
+def cmd_dns_plan(args: argparse.Namespace) -> None:
+    manifests = _load(args.manifests)
+    if not manifests.domains:
+        raise CliError("no MailDomain in the given manifests: nothing to plan")
+    keys = _dkim_material(manifests, StateDir(Path(args.state_dir)))
+    for domain in manifests.domains:
+        records = domain_records(domain.spec, keys)
+        if args.format == "zone":
+            print(f"; {domain.spec.domain} (MailDomain {domain.metadata.name})")
+            print("\n".join(zone_line(record) for record in records))
+        elif args.format == "yaml":
+            sys.stdout.write(
+                yaml.safe_dump(
+                    {
+                        "domain": domain.spec.domain,
+                        "zone": domain.spec.effective_zone,
+                        "records": [
+                            {
+                                "name": r.name,
+                                "type": r.type.value,
+                                "ttl": r.ttl,
+                                "value": r.value,
+                                "purpose": r.purpose,
+                            }
+                            for r in records
+                        ],
+                    },
+                    sort_keys=False,
+                    explicit_start=True,
+                )
+            )
+        else:
+            print(
+                f"{domain.spec.domain}: zone {domain.spec.effective_zone}, "
+                f"provider {domain.spec.dns.provider.value}, policy {domain.spec.dns.policy.value}"
+            )
+            sys.stdout.write(_record_rows(records))
+        print()
+    print(
+        "Also point the mail host at your load balancer: an A/AAAA record for "
+        + ", ".join(sorted({d.spec.effective_mail_host for d in manifests.domains}))
+        + " (and PTR for its address, set with your hosting provider).",
+        file=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="letterbox", description="Declarative mail for Kubernetes."
+    )
+    parser.add_argument("--version", action="version", version=f"letterbox {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crds = commands.add_parser("crds", help="print the CustomResourceDefinitions")
+    crds.add_argument("-o", "--output", metavar="DIR", help="write one file per CRD into DIR")
+    crds.set_defaults(run=cmd_crds)
+
+    state_help = f"where generated passwords and keys are kept (default {default_state_dir()})"
+    render = commands.add_parser(
+        "render", help="print the objects the operator would create for the manifests"
+    )
+    render.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files or directories")
+    render.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
+    render.add_argument(
+        "--show-secrets", action="store_true", help="print generated passwords and keys"
+    )
+    render.set_defaults(run=cmd_render)
+
+    plan = commands.add_parser("dns-plan", help="print the DNS records each domain needs")
+    plan.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files or directories")
+    plan.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
+    plan.add_argument("--format", choices=("table", "zone", "yaml"), default="table")
+    plan.set_defaults(run=cmd_dns_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ManifestError as error:
+        print("error: invalid manifests:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DNS publishing: one `DnsProvider` Protocol, its implementations, and the pure plan."""

@@ -1,0 +1,1 @@
+"""Thin kopf handlers; the only package that imports kopf."""

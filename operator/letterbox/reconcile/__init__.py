@@ -1,0 +1,1 @@
+"""Level-triggered reconciliation: gather → render → diff → apply → status."""
