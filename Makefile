@@ -53,10 +53,19 @@ run: venv
 	$(BIN)/letterbox dns-plan --state-dir $(STATE_DIR) examples/
 	$(BIN)/letterbox render --state-dir $(STATE_DIR) examples/
 
+# etcd, kube-apiserver and kube-controller-manager for the e2e tests: built once with Go into
+# ~/.cache/letterbox (the first build takes about 7 minutes on 2 cores), then reused.
+# KUBEBUILDER_ASSETS or LETTERBOX_K8S_BIN pointing at existing binaries skips the build.
+k8s-binaries:
+	tests/harness/k8s-binaries.sh >/dev/null
+
+e2e: venv k8s-binaries
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: venv system-deps lint
+test: venv system-deps lint k8s-binaries
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
