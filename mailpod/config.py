@@ -1,0 +1,222 @@
+"""The mail pod's configuration: the one contract between the operator and the pod.
+
+The operator renders it (as a Secret, possibly split into shards); the pod loads it at start and
+whenever it changes. Plain-text passwords never appear here, only argon2id/bcrypt hashes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_VERSION = 1
+
+_DOMAIN = r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}|xn--[a-z0-9-]{1,59})"
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+
+Domain = Annotated[str, Field(max_length=253, pattern=rf"^{_DOMAIN}$")]
+Address = Annotated[str, Field(max_length=254, pattern=rf"^{_LOCAL}@{_DOMAIN}$")]
+AliasAddress = Annotated[str, Field(max_length=254, pattern=rf"^({_LOCAL})?@{_DOMAIN}$")]
+# Only slow, salted hashes: argon2id (PHC string) or bcrypt.
+PasswordHash = Annotated[
+    str,
+    Field(
+        max_length=512,
+        pattern=r"^(\$argon2id\$v=19\$[^\s]+|\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53})$",
+    ),
+]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenerKind(StrEnum):
+    SMTP = "smtp"  # port 25: MX, inbound from the Internet, optional STARTTLS
+    SUBMISSION = "submission"  # port 587: STARTTLS required before AUTH
+    SUBMISSIONS = "submissions"  # port 465: implicit TLS
+    IMAP = "imap"  # port 143: STARTTLS
+    IMAPS = "imaps"  # port 993: implicit TLS
+    HTTP = "http"  # health, readiness and metrics
+
+
+class Listener(Model):
+    kind: ListenerKind
+    address: str = "0.0.0.0"  # noqa: S104 (a pod listens on its pod IP; local mode sets 127.0.0.1)
+    port: Annotated[int, Field(ge=0, le=65535)]
+    proxy_protocol: bool = False
+    """Expect a PROXY protocol v2 header first (only honoured from `trusted_proxies`)."""
+
+
+class TlsConfig(Model):
+    cert_file: Path
+    key_file: Path
+
+
+class Mailbox(Model):
+    address: Address
+    password_hash: PasswordHash
+    quota_bytes: Annotated[int, Field(ge=0)] = 0
+    """0 is unlimited."""
+    send_as: tuple[Address, ...] = ()
+    suspended: bool = False
+    display_name: str | None = None
+
+
+class Alias(Model):
+    address: AliasAddress
+    """An address, or @domain for the domain's catch-all."""
+    destinations: Annotated[tuple[Address, ...], Field(min_length=1)]
+
+
+class DkimAlgorithm(StrEnum):
+    RSA_SHA256 = "rsa-sha256"
+    ED25519_SHA256 = "ed25519-sha256"
+
+
+class DkimKey(Model):
+    domain: Domain
+    selector: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)]
+    algorithm: DkimAlgorithm
+    private_key_file: Path
+
+
+class Limits(Model):
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 50 * 2**20
+    max_recipients: Annotated[int, Field(ge=1)] = 100
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    command_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    auth_failures_before_lockout: Annotated[int, Field(ge=1)] = 10
+    auth_lockout_seconds: Annotated[float, Field(ge=0)] = 300.0
+
+
+class Storage(Model):
+    mail_root: Path
+    """Mailboxes live in <mail_root>/<domain>/<local part>/ as Maildir++."""
+    queue_dir: Path
+    """The outbound queue (remote recipients)."""
+
+
+class MailpodConfig(Model):
+    version: int = CONFIG_VERSION
+    hostname: Domain
+    """Our name in greetings, Received headers and certificates."""
+    listeners: tuple[Listener, ...]
+    tls: TlsConfig | None = None
+    domains: tuple[Domain, ...]
+    mailboxes: tuple[Mailbox, ...] = ()
+    aliases: tuple[Alias, ...] = ()
+    dkim_keys: tuple[DkimKey, ...] = ()
+    limits: Limits = Field(default_factory=Limits)
+    storage: Storage
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    """Peers allowed to send a PROXY header carrying the real client address."""
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != CONFIG_VERSION:
+            raise ValueError(f"this mailpod understands config version {CONFIG_VERSION}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MailpodConfig:
+        domains = set(self.domains)
+        seen: set[str] = set()
+        for mailbox in self.mailboxes:
+            if mailbox.address.rpartition("@")[2] not in domains:
+                raise ValueError(f"mailbox {mailbox.address}: its domain is not in domains")
+            if mailbox.address in seen:
+                raise ValueError(f"mailbox {mailbox.address} is listed twice")
+            seen.add(mailbox.address)
+        for alias in self.aliases:
+            if alias.address.rpartition("@")[2] not in domains:
+                raise ValueError(f"alias {alias.address}: its domain is not in domains")
+            if alias.address in seen:
+                raise ValueError(f"{alias.address} is both a mailbox and an alias, or listed twice")
+            seen.add(alias.address)
+        tls_kinds = {
+            ListenerKind.SUBMISSION,
+            ListenerKind.SUBMISSIONS,
+            ListenerKind.IMAP,
+            ListenerKind.IMAPS,
+        }
+        if self.tls is None and any(listener.kind in tls_kinds for listener in self.listeners):
+            raise ValueError("submission and IMAP listeners need tls (AUTH only over TLS)")
+        return self
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file, field path and reason."""
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+
+
+def _shards(path: Path) -> list[Path]:
+    if path.is_dir():
+        # Kubernetes mounts Secret keys as symlinks next to ..data; skip the dot entries.
+        return sorted(
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".") and p.suffix in (".json", ".yaml", ".yml") and p.is_file()
+        )
+    return [path]
+
+
+_SHARD_LISTS = ("mailboxes", "aliases", "dkim_keys", "domains")
+
+
+def load_config(paths: Sequence[Path] | Path) -> MailpodConfig:
+    """Load and validate a config from files or directories of shards.
+
+    The operator splits large configs (an object holds at most 1 MiB): one document holds the
+    settings, the others only add `mailboxes`, `aliases`, `dkim_keys` or `domains` entries."""
+    files: list[Path] = []
+    for path in [paths] if isinstance(paths, Path) else paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+        files += _shards(path)
+    if not files:
+        raise ConfigError("no configuration files found")
+    merged: dict[str, Any] = {}
+    for file in files:
+        try:
+            document = _read(file)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise ConfigError(f"{file}: cannot be read: {error}") from error
+        if not isinstance(document, dict):
+            raise ConfigError(f"{file}: a config document must be a mapping")
+        for key, value in document.items():
+            if key in _SHARD_LISTS and key in merged:
+                merged[key] = [*merged[key], *value]
+            elif key in merged:
+                raise ConfigError(f"{file}: {key} is set by more than one file")
+            else:
+                merged[key] = value
+    try:
+        return MailpodConfig.model_validate(merged)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(part) for part in detail['loc']) or '(config)'}: "
+            f"{detail['msg'].removeprefix('Value error, ')}"
+            for detail in error.errors()
+        ]
+        raise ConfigError(
+            f"invalid config ({', '.join(map(str, files))}):\n  " + "\n  ".join(problems)
+        ) from None
+
+
+def dump_config(config: MailpodConfig) -> str:
+    return json.dumps(config.model_dump(mode="json", exclude_defaults=False), indent=1)
