@@ -1,0 +1,5 @@
+import sys
+
+from mailpod.cli import main
+
+sys.exit(main())

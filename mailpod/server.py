@@ -1,0 +1,251 @@
+"""Running the mail pod: listeners, worker processes, hot reload.
+
+The parent binds every listening socket once, then forks workers (one per core by default) that
+each run an asyncio loop accepting on the shared sockets; the kernel spreads connections. A
+worker that dies is replaced. Each worker polls its config files every second and swaps in a new
+snapshot without touching established connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailpod import metrics
+from mailpod.auth import Authenticator, AuthResult
+from mailpod.config import Listener, ListenerKind, MailpodConfig, load_config
+from mailpod.errors import SmtpError
+from mailpod.ops import start_ops_server
+from mailpod.pipeline import Envelope, LocalRecipient, Message
+from mailpod.proxy import is_trusted
+from mailpod.smtp.handler import MailSMTP, SmtpHandler
+from mailpod.state import PodState, Snapshot
+from mailpod.storage.maildir import MaildirStorage
+
+log = logging.getLogger("mailpod.server")
+# aiosmtpd logs every command line at INFO; our handler writes one line per transaction instead.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+RELOAD_INTERVAL_SECONDS = 1.0
+SMTP_KINDS = (ListenerKind.SMTP, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS)
+
+
+def bind(listener: Listener) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((listener.address, listener.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class PodRuntime:
+    """The concrete SmtpRuntime of a worker."""
+
+    state: PodState
+    hostname: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.state.snapshot.config
+        self.hostname = config.hostname
+        self.authenticator = Authenticator(config)
+        self.storage = MaildirStorage(config.storage.mail_root, hostname=config.hostname)
+
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot
+
+    def reload(self) -> bool | None:
+        changed = self.state.maybe_reload()
+        if changed:
+            self.authenticator.update(self.state.snapshot.config)
+        if changed is not None:
+            metrics.CONFIG_RELOADS.labels(result="ok" if changed else "error").inc()
+        return changed
+
+    def is_trusted_proxy(self, peer_ip: str) -> bool:
+        return is_trusted(peer_ip, self.state.snapshot.config.trusted_proxies)
+
+    async def authenticate(self, username: str, password: str, client_ip: str) -> AuthResult:
+        return await self.authenticator.authenticate(username, password, client_ip)
+
+    def count_auth_failure(self, mechanism: str, reason: str) -> None:
+        metrics.AUTH_FAILURES.labels(mechanism=mechanism, reason=reason).inc()
+
+    def check_remote_accepted(self, address: str) -> None:
+        # The outbound queue lands with its own issue; until then remote recipients get a clear
+        # temporary error (the client keeps the message and retries), never silent loss.
+        raise SmtpError(
+            451,
+            "4.4.3",
+            "Remote delivery is not enabled on this server yet",
+            f"no outbound queue for {address}",
+        )
+
+    async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool:
+        return await self.storage.over_quota(mailbox, quota_bytes, incoming)
+
+    async def deliver(
+        self, envelope: Envelope, local: dict[str, list[LocalRecipient]], message: Message
+    ) -> None:
+        delivery = await self.storage.start(envelope)
+        try:
+            for recipients in local.values():
+                for recipient in recipients:
+                    await delivery.add_rcpt(recipient)
+            await delivery.body(message)
+            await delivery.commit()
+        except BaseException:
+            await delivery.abort()
+            raise
+
+    def count_message(
+        self, kind: ListenerKind, result: str, size: int = 0, seconds: float = 0.0
+    ) -> None:
+        metrics.MESSAGES.labels(listener=kind.value, result=result).inc()
+        if result == "accepted":
+            metrics.RECEIVED_BYTES.labels(listener=kind.value).inc(size)
+            metrics.DELIVERY_SECONDS.labels(target="maildir").observe(seconds)
+
+
+def _smtp_factory(runtime: PodRuntime, listener: Listener) -> Callable[[], object]:
+    handler = SmtpHandler(runtime, listener.kind)
+
+    def make() -> object:
+        config = runtime.snapshot().config
+        tls = runtime.state.tls
+        return MailSMTP(
+            handler,
+            hostname=config.hostname,
+            ident="ESMTP mailpod",
+            # 465 is TLS from the first byte; STARTTLS is offered on 25 and required on 587.
+            tls_context=tls if listener.kind is not ListenerKind.SUBMISSIONS else None,
+            require_starttls=listener.kind is ListenerKind.SUBMISSION,
+            auth_require_tls=listener.kind is not ListenerKind.SUBMISSIONS,
+            data_size_limit=config.limits.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            proxy_protocol_timeout=5.0 if listener.proxy_protocol else None,
+            timeout=config.limits.command_timeout_seconds,
+        )
+
+    return make
+
+
+async def serve(
+    config_paths: list[Path], sockets: list[socket.socket], stop: asyncio.Event | None = None
+) -> None:
+    """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
+    state = PodState.load(config_paths)
+    runtime = PodRuntime(state)
+    config = state.snapshot.config
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    servers: list[asyncio.Server] = []
+    for listener, sock in zip(config.listeners, sockets, strict=True):
+        if listener.kind in SMTP_KINDS:
+            ssl_context = state.tls if listener.kind is ListenerKind.SUBMISSIONS else None
+            servers.append(
+                await loop.create_server(
+                    _smtp_factory(runtime, listener),  # type: ignore[arg-type]
+                    sock=sock,
+                    ssl=ssl_context,
+                    ssl_handshake_timeout=30 if ssl_context else None,
+                )
+            )
+        elif listener.kind is ListenerKind.HTTP:
+            servers.append(await start_ops_server(sock=sock, ready=lambda: (True, "serving")))
+    log.info(
+        "worker serving",
+        extra={
+            "pid": os.getpid(),
+            "listeners": [listener.kind.value for listener in config.listeners],
+        },
+    )
+
+    async def reload_loop() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
+            runtime.reload()
+
+    reloader = asyncio.create_task(reload_loop())
+    await stop.wait()
+    reloader.cancel()
+    for server in servers:
+        server.close()
+    # Sessions in progress get a moment to finish; a message that got no 250 is retried by the
+    # client, one that got it is already durable.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in servers)), timeout=10)
+
+
+def run(config_paths: list[Path], workers: int) -> int:
+    """Bind, recover, fork `workers` processes and supervise them until SIGTERM."""
+    config: MailpodConfig = load_config(config_paths)
+    MaildirStorage(config.storage.mail_root, hostname=config.hostname).recover()
+    sockets = [bind(listener) for listener in config.listeners]
+    for listener, sock in zip(config.listeners, sockets, strict=True):
+        host, port = sock.getsockname()[:2]
+        log.info("listening", extra={"listener": listener.kind.value, "address": f"{host}:{port}"})
+    if workers <= 1:
+        asyncio.run(serve(config_paths, sockets))
+        return 0
+    return _supervise(config_paths, sockets, workers)
+
+
+def _supervise(config_paths: list[Path], sockets: list[socket.socket], workers: int) -> int:
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                asyncio.run(serve(config_paths, sockets))
+            except BaseException:
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for index in range(workers):
+        spawn(index)
+    last_restart = 0.0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        index = children.pop(pid, -1)
+        if index < 0 or stopping:
+            continue
+        log.error("worker exited, replacing it", extra={"pid": pid, "status": status})
+        # Crash loops must not spin the CPU.
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - last_restart)))
+        last_restart = time.monotonic()
+        spawn(index)
+    return 0

@@ -1,0 +1,1 @@
+"""SMTP: aiosmtpd as a thin protocol adapter into the delivery pipeline."""

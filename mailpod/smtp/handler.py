@@ -1,0 +1,384 @@
+"""The aiosmtpd handler: every SMTP command becomes a pipeline step; replies come from SmtpError.
+
+One handler class serves all three SMTP listeners; `kind` decides the policy:
+- smtp (25): MX. No AUTH. Local recipients only (never relays).
+- submission (587) / submissions (465): AUTH required (only over TLS); the sender and From: must
+  belong to the user; local recipients are delivered, remote ones go to the outbound queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailpod.config import ListenerKind
+from mailpod.errors import SmtpError, internal_error
+from mailpod.pipeline import Envelope as PipelineEnvelope
+from mailpod.pipeline import LocalRecipient, Message
+from mailpod.smtp.addresses import check_recipient_syntax
+from mailpod.smtp.runtime import SmtpRuntime
+
+log = logging.getLogger("mailpod.smtp")
+
+AUTH_REQUIRED = SmtpError(530, "5.7.0", "Authentication required")
+NOT_YOURS = SmtpError(553, "5.7.1", "Sender address not owned by the authenticated user")
+
+
+class MailEnvelope(Envelope):
+    """aiosmtpd's envelope plus what our RCPT checks resolved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local: dict[str, list[LocalRecipient]] = {}
+        self.remote: list[str] = []
+
+
+class MailSession(Session):
+    """aiosmtpd's session plus an id that ties log lines and Received headers together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.id = secrets.token_hex(6)
+
+
+class MailSMTP(SMTP):
+    """aiosmtpd's protocol with our envelope and session types."""
+
+    def _create_envelope(self) -> MailEnvelope:
+        return MailEnvelope()
+
+    def _create_session(self) -> MailSession:
+        return MailSession(self.loop)
+
+
+def _has_bare_line_ending(data: bytes) -> bool:
+    """True if any CR or LF is not part of a CRLF pair, or a NUL is present: the raw material
+    of SMTP smuggling (CVE-2023-51764/5/6, CVE-2024-27305)."""
+    crlf = data.count(b"\r\n")
+    return b"\0" in data or data.count(b"\r") != crlf or data.count(b"\n") != crlf
+
+
+class SmtpHandler:
+    def __init__(self, runtime: SmtpRuntime, kind: ListenerKind) -> None:
+        self.runtime = runtime
+        self.kind = kind
+        self.submission = kind in (ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS)
+
+    # --- session ---------------------------------------------------------------------------
+
+    def client_ip(self, session: MailSession) -> str:
+        proxy = session.proxy_data
+        if proxy is not None and getattr(proxy, "src_addr", None):
+            return str(proxy.src_addr[0] if isinstance(proxy.src_addr, tuple) else proxy.src_addr)
+        peer = session.peer
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    async def handle_PROXY(
+        self, server: SMTP, session: MailSession, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        # Only a trusted load balancer may tell us the client's address.
+        return self.runtime.is_trusted_proxy(self.client_ip(session))
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: MailSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extensions = [r for r in responses[1:-1] if not r.startswith("250-AUTH")]
+        tls_active = session.ssl is not None or self.kind is ListenerKind.SUBMISSIONS
+        if self.submission and tls_active:
+            extensions.append("250-AUTH LOGIN PLAIN")
+        extensions += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [responses[0], *extensions, "250 HELP"]
+
+    # --- AUTH (submission only; aiosmtpd refuses it before TLS on 587) ------------------------
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        try:
+            if len(args) == 2:
+                credentials = base64.b64decode(args[1], validate=True)
+            else:
+                # challenge_auth returns the client's answer already base64-decoded.
+                answer = await server.challenge_auth("", encode_to_b64=False)
+                if not isinstance(answer, bytes):  # client cancelled with "*"
+                    return AuthResult(success=False, handled=True)
+                credentials = answer
+            _, username, password = credentials.decode().split("\0")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return AuthResult(
+                success=False, handled=False, message="501 5.5.2 Malformed AUTH PLAIN"
+            )
+        return await self._authenticate(server, username, password, "PLAIN")
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        try:
+            if len(args) == 2:
+                username = base64.b64decode(args[1], validate=True).decode()
+            else:
+                answer = await server.challenge_auth("Username:")
+                if not isinstance(answer, bytes):
+                    return AuthResult(success=False, handled=True)
+                username = answer.decode()
+            answer = await server.challenge_auth("Password:")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            password = answer.decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return AuthResult(
+                success=False, handled=False, message="501 5.5.2 Malformed AUTH LOGIN"
+            )
+        return await self._authenticate(server, username, password, "LOGIN")
+
+    async def _authenticate(
+        self, server: SMTP, username: str, password: str, mechanism: str
+    ) -> AuthResult:
+        if not self.submission:
+            return AuthResult(success=False, handled=False, message="503 5.5.1 AUTH not available")
+        session = server.session
+        assert isinstance(session, MailSession)
+        ip = self.client_ip(session)
+        result = await self.runtime.authenticate(username, password, ip)
+        if result.user is None:
+            self.runtime.count_auth_failure(mechanism, "locked" if result.locked else "invalid")
+            log.info(
+                "auth failed",
+                extra={
+                    "session": session.id,
+                    "peer": ip,
+                    "user": username,
+                    "result": "locked" if result.locked else "invalid",
+                },
+            )
+            if result.locked:
+                return AuthResult(
+                    success=False,
+                    handled=False,
+                    message="454 4.7.0 Too many failed logins, try again later",
+                )
+            return AuthResult(success=False, handled=False)
+        log.info("auth ok", extra={"session": session.id, "peer": ip, "user": result.user})
+        return AuthResult(success=True, auth_data=LoginPassword(result.user.encode(), b""))
+
+    def _user(self, session: MailSession) -> str | None:
+        if not session.authenticated or session.auth_data is None:
+            return None
+        return str(session.auth_data.login.decode())
+
+    # --- transaction ---------------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: MailSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        try:
+            if self.submission:
+                user = self._user(session)
+                if user is None:
+                    raise AUTH_REQUIRED
+                directory = self.runtime.snapshot().directory
+                mailbox = directory.mailbox(user)
+                if mailbox is None or mailbox.suspended:
+                    raise SmtpError(550, "5.7.1", "Account disabled", f"{user} suspended or gone")
+                if address and not directory.may_send_as(user, address):
+                    raise NOT_YOURS
+        except SmtpError as error:
+            self._log_reject(session, "MAIL", address, error)
+            return error.reply()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: MailSession,
+        envelope: MailEnvelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        try:
+            await self._check_rcpt(session, envelope, address)
+        except SmtpError as error:
+            self._log_reject(session, "RCPT", address, error)
+            return error.reply()
+        except Exception as error:  # never a traceback on the wire
+            log.exception("RCPT failed", extra={"session": session.id})
+            return internal_error(repr(error)).reply()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Recipient OK"
+
+    async def _check_rcpt(self, session: MailSession, envelope: MailEnvelope, address: str) -> None:
+        snapshot = self.runtime.snapshot()
+        config, directory = snapshot.config, snapshot.directory
+        if len(envelope.rcpt_tos) >= config.limits.max_recipients:
+            raise SmtpError(452, "4.5.3", "Too many recipients")
+        smtputf8 = "SMTPUTF8" in (o.upper() for o in envelope.mail_options)
+        user = self._user(session)
+        _, domain = check_recipient_syntax(address, smtputf8)
+        if not directory.is_local_domain(domain):
+            if user is None:
+                raise SmtpError(550, "5.7.1", "Relaying denied", f"remote rcpt {address}")
+            envelope.remote.append(address)
+            self.runtime.check_remote_accepted(address)
+            return
+        resolution = directory.resolve(address)
+        if not resolution.found:
+            raise SmtpError(550, "5.1.1", "No such user here", f"unknown {address}")
+        if resolution.remote:
+            # An alias forwarding outside: the outbound queue takes those destinations.
+            self.runtime.check_remote_accepted(address)
+        size = self._declared_size(envelope)
+        for mailbox_address in resolution.local:
+            mailbox = directory.mailbox(mailbox_address)
+            assert mailbox is not None
+            if await self.runtime.over_quota(mailbox_address, mailbox.quota_bytes, size):
+                raise SmtpError(452, "4.2.2", "Mailbox full", f"{mailbox_address} over quota")
+        envelope.local[address] = [
+            LocalRecipient(rcpt=address, mailbox=m) for m in resolution.local
+        ]
+        envelope.remote.extend(resolution.remote)
+
+    @staticmethod
+    def _declared_size(envelope: Envelope) -> int:
+        for option in envelope.mail_options:
+            if option.upper().startswith("SIZE="):
+                try:
+                    return int(option[5:])
+                except ValueError:
+                    return 0
+        return 0
+
+    async def handle_DATA(self, server: SMTP, session: MailSession, envelope: MailEnvelope) -> str:
+        started = time.monotonic()
+        data: bytes = envelope.original_content or b""
+        try:
+            if _has_bare_line_ending(data):
+                raise SmtpError(
+                    550,
+                    "5.6.0",
+                    "Message contains bare CR, bare LF or NUL; use CRLF line endings",
+                    "bare line ending or NUL in DATA",
+                )
+            user = self._user(session)
+            if self.submission and user is not None:
+                self._check_from_header(user, data)
+            message = Message(data=data)
+            message.prepend(self._received(session, envelope))
+            await self.runtime.deliver(
+                self._pipeline_envelope(session, envelope), envelope.local, message
+            )
+        except SmtpError as error:
+            self._log_transaction(session, envelope, error.reply(), error.reason, started)
+            self.runtime.count_message(self.kind, "tempfail" if error.temporary else "rejected")
+            return error.reply()
+        except Exception as error:
+            log.exception("delivery failed", extra={"session": session.id})
+            failure = internal_error(repr(error))
+            self._log_transaction(session, envelope, failure.reply(), failure.reason, started)
+            self.runtime.count_message(self.kind, "tempfail")
+            return failure.reply()
+        reply = f"250 2.0.0 Ok: queued as {session.id}"
+        self._log_transaction(session, envelope, reply, "", started)
+        self.runtime.count_message(self.kind, "accepted", len(data), time.monotonic() - started)
+        return reply
+
+    def _check_from_header(self, user: str, data: bytes) -> None:
+        headers = BytesHeaderParser(policy=SMTP_POLICY).parsebytes(data)
+        values = headers.get_all("From") or []
+        addresses = [addr for _, addr in email.utils.getaddresses([str(v) for v in values])]
+        if not addresses or not all(addresses):
+            raise SmtpError(550, "5.6.0", "Message needs a valid From: header", "no From:")
+        directory = self.runtime.snapshot().directory
+        for address in addresses:
+            if not directory.may_send_as(user, address):
+                raise SmtpError(
+                    553,
+                    "5.7.1",
+                    "From: address not owned by the authenticated user",
+                    f"From: {address}",
+                )
+
+    def _pipeline_envelope(self, session: MailSession, envelope: Envelope) -> PipelineEnvelope:
+        return PipelineEnvelope(
+            session_id=session.id,
+            client_ip=self.client_ip(session),
+            helo=session.host_name or "",
+            mail_from=envelope.mail_from or "",
+            authenticated_user=self._user(session),
+            received_at=datetime.now(UTC),
+            smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options),
+        )
+
+    def _received(self, session: MailSession, envelope: Envelope) -> str:
+        protocol = (
+            "UTF8SMTP" if "SMTPUTF8" in (o.upper() for o in envelope.mail_options) else "ESMTP"
+        )
+        if session.ssl is not None or self.kind is ListenerKind.SUBMISSIONS:
+            protocol += "S"
+        if self._user(session):
+            protocol += "A"
+        recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:255]
+        return (
+            f"Received: from {helo} ([{self.client_ip(session)}])\r\n"
+            f"\tby {self.runtime.hostname} (mailpod) with {protocol} id {session.id}"
+            f"{recipient};\r\n"
+            f"\t{email.utils.format_datetime(datetime.now(UTC))}"
+        )
+
+    # --- logs ------------------------------------------------------------------------------------
+
+    def _log_reject(
+        self, session: MailSession, command: str, address: str, error: SmtpError
+    ) -> None:
+        log.info(
+            "%s rejected",
+            command,
+            extra={
+                "session": session.id,
+                "peer": self.client_ip(session),
+                "address": address,
+                "result": error.reply(),
+                "reason": error.reason,
+            },
+        )
+
+    def _log_transaction(
+        self, session: MailSession, envelope: Envelope, result: str, reason: str, started: float
+    ) -> None:
+        log.info(
+            "transaction",
+            extra={
+                "session": session.id,
+                "listener": self.kind.value,
+                "peer": self.client_ip(session),
+                "helo": session.host_name,
+                "user": self._user(session),
+                "sender": envelope.mail_from,
+                "recipients": list(envelope.rcpt_tos),
+                "size": len(envelope.original_content or b""),
+                "result": result,
+                "reason": reason,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )

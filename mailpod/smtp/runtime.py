@@ -1,0 +1,44 @@
+"""What the SMTP handler needs from the running pod, behind one object: the current snapshot,
+authentication, quota, delivery and metrics."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mailpod.config import ListenerKind
+from mailpod.pipeline import Envelope, LocalRecipient, Message
+from mailpod.state import Snapshot
+
+
+class AuthOutcome(Protocol):
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def locked(self) -> bool: ...
+
+
+class SmtpRuntime(Protocol):
+    hostname: str
+
+    def snapshot(self) -> Snapshot: ...
+
+    def is_trusted_proxy(self, peer_ip: str) -> bool: ...
+
+    async def authenticate(self, username: str, password: str, client_ip: str) -> AuthOutcome: ...
+
+    def count_auth_failure(self, mechanism: str, reason: str) -> None: ...
+
+    def check_remote_accepted(self, address: str) -> None:
+        """Raise SmtpError unless the outbound queue can take mail for `address`."""
+
+    async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool: ...
+
+    async def deliver(
+        self, envelope: Envelope, local: dict[str, list[LocalRecipient]], message: Message
+    ) -> None:
+        """Durably store/queue the message for every recipient, or raise."""
+
+    def count_message(
+        self, kind: ListenerKind, result: str, size: int = 0, seconds: float = 0.0
+    ) -> None: ...

@@ -1,0 +1,99 @@
+"""The running pod's current configuration and everything derived from it, swapped atomically on
+reload so every new SMTP/IMAP command sees one consistent snapshot."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailpod.config import ConfigError, MailpodConfig, load_config
+from mailpod.directory import Directory
+
+log = logging.getLogger("mailpod.config")
+
+
+def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """TLS 1.2+ only, server side."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: MailpodConfig
+    directory: Directory
+
+
+class PodState:
+    """Holds the current Snapshot and one SSLContext whose certificate is reloaded in place:
+    listeners keep the same context object, so new handshakes get the new certificate and
+    established sessions are untouched."""
+
+    def __init__(self, config_paths: list[Path], config: MailpodConfig) -> None:
+        self.config_paths = config_paths
+        self.snapshot = Snapshot(config, Directory(config))
+        self.tls: ssl.SSLContext | None = None
+        self._tls_stamp: tuple[float, float] | None = None
+        self._config_stamp = self._stamp()
+        self.reload_tls()
+
+    @classmethod
+    def load(cls, config_paths: list[Path]) -> PodState:
+        return cls(config_paths, load_config(config_paths))
+
+    def _stamp(self) -> tuple[tuple[str, float, int], ...]:
+        stamps = []
+        for path in self.config_paths:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+            for file in files:
+                try:
+                    info = file.stat()  # follows the ..data symlink of Secret volumes
+                except FileNotFoundError:
+                    continue
+                stamps.append((str(file), info.st_mtime, info.st_size))
+        return tuple(stamps)
+
+    def reload_tls(self) -> None:
+        tls = self.snapshot.config.tls
+        if tls is None:
+            return
+        stamp = (tls.cert_file.stat().st_mtime, tls.key_file.stat().st_mtime)
+        if stamp == self._tls_stamp:
+            return
+        if self.tls is None:
+            self.tls = server_tls_context(tls.cert_file, tls.key_file)
+        else:
+            self.tls.load_cert_chain(tls.cert_file, tls.key_file)
+        self._tls_stamp = stamp
+        log.info("tls certificate loaded", extra={"cert": str(tls.cert_file)})
+
+    def maybe_reload(self) -> bool | None:
+        """Reload when the config files changed: True on success, False when the new config is
+        broken (the old one stays), None when nothing changed."""
+        try:
+            self.reload_tls()
+        except (OSError, ssl.SSLError) as error:
+            log.error("tls certificate reload failed, keeping the old one: %s", error)
+        stamp = self._stamp()
+        if stamp == self._config_stamp:
+            return None
+        self._config_stamp = stamp
+        try:
+            config = load_config(self.config_paths)
+        except ConfigError as error:
+            log.error("config reload refused, keeping the previous config: %s", error)
+            return False
+        self.snapshot = Snapshot(config, Directory(config))
+        try:
+            self.reload_tls()
+        except (OSError, ssl.SSLError) as error:
+            log.error("tls certificate reload failed, keeping the old one: %s", error)
+        log.info(
+            "config reloaded",
+            extra={"mailboxes": len(config.mailboxes), "aliases": len(config.aliases)},
+        )
+        return True

@@ -1,0 +1,159 @@
+"""Start a real `mailpod run` process on free loopback ports for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+import yaml
+from argon2 import PasswordHasher
+
+from tests.conftest import REPO
+
+# Cheap parameters keep the suite fast; production hashes use the argon2 defaults.
+_FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+PASSWORDS = {"alice@example.com": "alice-secret-1", "bob@example.com": "bob-secret-2"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fast_hash(password: str) -> str:
+    return _FAST_HASHER.hash(password)
+
+
+@dataclass
+class MailpodProcess:
+    root: Path
+    workers: int = 2
+    overrides: dict[str, Any] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.ca = trustme.CA()
+        cert = self.ca.issue_cert("mail.example.com", "localhost", "127.0.0.1")
+        self.cert_file = self.root / "tls.crt"
+        self.key_file = self.root / "tls.key"
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        cert.private_key_pem.write_to_path(str(self.key_file))
+        self.ca_file = self.root / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self.mail_root = self.root / "mail"
+        self.config_file = self.root / "config.yaml"
+        self.log_file = self.root / "mailpod.log"
+        self.ports = {kind: free_port() for kind in ("smtp", "submission", "submissions", "http")}
+        self.write_config()
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "hostname": "mail.example.com",
+            "listeners": [
+                {"kind": kind, "address": "127.0.0.1", "port": port}
+                for kind, port in self.ports.items()
+            ],
+            "tls": {"cert_file": str(self.cert_file), "key_file": str(self.key_file)},
+            "domains": ["example.com", "example.org"],
+            "mailboxes": [
+                {
+                    "address": "alice@example.com",
+                    "password_hash": fast_hash(PASSWORDS["alice@example.com"]),
+                    "send_as": ["sales@example.com"],
+                },
+                {
+                    "address": "bob@example.com",
+                    "password_hash": fast_hash(PASSWORDS["bob@example.com"]),
+                    "quota_bytes": 20000,
+                },
+            ],
+            "aliases": [
+                {
+                    "address": "team@example.com",
+                    "destinations": ["alice@example.com", "bob@example.com"],
+                },
+                {"address": "sales@example.com", "destinations": ["alice@example.com"]},
+                {"address": "@example.org", "destinations": ["alice@example.com"]},
+            ],
+            "storage": {"mail_root": str(self.mail_root), "queue_dir": str(self.root / "queue")},
+            "limits": {"max_message_bytes": 200_000},
+        }
+        config.update(self.overrides)
+        return config
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config or self.config()))
+        os.replace(tmp, self.config_file)
+
+    def start(self) -> MailpodProcess:
+        env = {**os.environ, "PYTHONPATH": f"{REPO / 'operator'}:{REPO}"}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailpod",
+                "run",
+                "--config",
+                str(self.config_file),
+                "--workers",
+                str(self.workers),
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file.open("ab"),
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mailpod exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=1) as sock:
+                    if sock.recv(100).startswith(b"220"):
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"mailpod did not start:\n{self.log()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def maildir(self, address: str, folder: str = "") -> Path:
+        local, domain = address.split("@")
+        base = self.mail_root / domain / local
+        return base / f".{folder}" if folder else base
+
+    def messages(self, address: str) -> list[bytes]:
+        new = self.maildir(address) / "new"
+        cur = self.maildir(address) / "cur"
+        files = [*(new.iterdir() if new.exists() else []), *(cur.iterdir() if cur.exists() else [])]
+        return [f.read_bytes() for f in sorted(files)]
