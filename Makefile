@@ -47,11 +47,10 @@ format: venv
 crds: venv
 	$(BIN)/letterbox crds --output crds
 
-# Until the mail pod lands, the main job is the offline view of examples/: the DNS records the
-# domain needs and the objects the operator would create (generated material in $(STATE_DIR)).
+# The main job, locally: render the mail pod config from examples/ with the operator's own code,
+# then run the mail pod on localhost ports (generated material kept in $(STATE_DIR)). Ctrl-C stops.
 run: venv
-	$(BIN)/letterbox dns-plan --state-dir $(STATE_DIR) examples/
-	$(BIN)/letterbox render --state-dir $(STATE_DIR) examples/
+	$(BIN)/letterbox up --state-dir $(STATE_DIR) examples/
 
 # etcd, kube-apiserver and kube-controller-manager for the e2e tests: built once with Go into
 # ~/.cache/letterbox (the first build takes about 7 minutes on 2 cores), then reused.

@@ -31,8 +31,9 @@ from mailpod.state import PodState, Snapshot
 from mailpod.storage.maildir import MaildirStorage
 
 log = logging.getLogger("mailpod.server")
-# aiosmtpd logs every command line at INFO; our handler writes one line per transaction instead.
-logging.getLogger("mail.log").setLevel(logging.WARNING)
+# aiosmtpd logs every command line at INFO (and deprecation noise at WARNING); our handler writes
+# one line per transaction instead.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 RELOAD_INTERVAL_SECONDS = 1.0
 SMTP_KINDS = (ListenerKind.SMTP, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS)

@@ -15,10 +15,12 @@ from letterbox.api.crd import custom_resource_definitions
 from letterbox.api.dnsrecord import DnsRecord, zone_line
 from letterbox.api.manifests import ManifestError, Manifests, load_manifests
 from letterbox.api.meta import domain_of
+from letterbox.local import DEFAULT_PORTS, LocalModeError, LocalStack, dkim_key_materials
 from letterbox.material import StateDir, default_state_dir
 from letterbox.render.dkim import DkimKeyMaterial
 from letterbox.render.dnsrecords import domain_records
 from letterbox.render.secrets import credentials_secret, dkim_secret
+from mailpod.config import MailpodConfig as PodConfig
 
 EXIT_INVALID = 1
 
@@ -63,20 +65,7 @@ def _load(paths: Sequence[str]) -> Manifests:
 
 
 def _dkim_material(manifests: Manifests, state: StateDir) -> list[DkimKeyMaterial]:
-    return [
-        DkimKeyMaterial(
-            domain=key.spec.domain,
-            selector=key.spec.selector,
-            algorithm=key.spec.algorithm,
-            private_key_pem=state.dkim_key(
-                key.metadata.namespace or "default",
-                key.metadata.name,
-                key.spec.selector,
-                key.spec.algorithm,
-            ),
-        )
-        for key in manifests.dkim_keys
-    ]
+    return [material for material, _ in dkim_key_materials(manifests, state)]
 
 
 def _redact(obj: dict[str, Any]) -> dict[str, Any]:
@@ -135,37 +124,28 @@ def _record_rows(records: list[DnsRecord]) -> str:
     )
 
 
-def cmd_dns_plan(args: argparse.Namespace) -> None:
-    manifests = _load(args.manifests)
-    if not manifests.domains:
-        raise CliError("no MailDomain in the given manifests: nothing to plan")
-    keys = _dkim_material(manifests, StateDir(Path(args.state_dir)))
+def _print_plan(manifests: Manifests, keys: list[DkimKeyMaterial], output_format: str) -> None:
     for domain in manifests.domains:
         records = domain_records(domain.spec, keys)
-        if args.format == "zone":
+        if output_format == "zone":
             print(f"; {domain.spec.domain} (MailDomain {domain.metadata.name})")
             print("\n".join(zone_line(record) for record in records))
-        elif args.format == "yaml":
-            sys.stdout.write(
-                yaml.safe_dump(
+        elif output_format == "yaml":
+            plan = {
+                "domain": domain.spec.domain,
+                "zone": domain.spec.effective_zone,
+                "records": [
                     {
-                        "domain": domain.spec.domain,
-                        "zone": domain.spec.effective_zone,
-                        "records": [
-                            {
-                                "name": r.name,
-                                "type": r.type.value,
-                                "ttl": r.ttl,
-                                "value": r.value,
-                                "purpose": r.purpose,
-                            }
-                            for r in records
-                        ],
-                    },
-                    sort_keys=False,
-                    explicit_start=True,
-                )
-            )
+                        "name": r.name,
+                        "type": r.type.value,
+                        "ttl": r.ttl,
+                        "value": r.value,
+                        "purpose": r.purpose,
+                    }
+                    for r in records
+                ],
+            }
+            sys.stdout.write(yaml.safe_dump(plan, sort_keys=False, explicit_start=True))
         else:
             print(
                 f"{domain.spec.domain}: zone {domain.spec.effective_zone}, "
@@ -173,12 +153,80 @@ def cmd_dns_plan(args: argparse.Namespace) -> None:
             )
             sys.stdout.write(_record_rows(records))
         print()
+
+
+def cmd_dns_plan(args: argparse.Namespace) -> None:
+    manifests = _load(args.manifests)
+    if not manifests.domains:
+        raise CliError("no MailDomain in the given manifests: nothing to plan")
+    _print_plan(manifests, _dkim_material(manifests, StateDir(Path(args.state_dir))), args.format)
     print(
         "Also point the mail host at your load balancer: an A/AAAA record for "
         + ", ".join(sorted({d.spec.effective_mail_host for d in manifests.domains}))
         + " (and PTR for its address, set with your hosting provider).",
         file=sys.stderr,
     )
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    state = StateDir(Path(args.state_dir))
+    ports = dict(DEFAULT_PORTS)
+    for item in args.port or []:
+        kind, _, number = item.partition("=")
+        if kind not in ports or not number.isdigit():
+            raise CliError(f"--port {item}: expected one of {', '.join(ports)} = a port number")
+        ports[kind] = int(number)
+    stack = LocalStack(args.manifests, state, _load, bind=args.bind, ports=ports)
+
+    def announce(manifests: Manifests, config: PodConfig) -> None:
+        print("DNS records these domains need once they go live:\n")
+        _print_plan(manifests, _dkim_material(manifests, state), "table")
+        host = args.bind
+        first = next(
+            (
+                m
+                for m in manifests.mailboxes
+                if m.spec.address in {c.address for c in config.mailboxes}
+            ),
+            None,
+        )
+        print(
+            f"Mail pod running on {host}: SMTP {ports['smtp']}, submission {ports['submission']} "
+            f"(STARTTLS), {ports['submissions']} (TLS), health/metrics http://{host}:{ports['http']}"
+        )
+        print(f"State (passwords, keys, certificate, mail): {state.root}\n")
+        if first is not None:
+            user = first.spec.address
+            namespace = first.metadata.namespace or "default"
+            secret = state.path(namespace, "mailboxes", f"{first.metadata.name}.password")
+            password = (
+                f"$(cat {secret})" if first.spec.password is None else "<password from its Secret>"
+            )
+            print("Receive (as an MX would):")
+            print(f"  swaks --server {host}:{ports['smtp']} --to {user} --from friend@example.net")
+            print("Submit as a user (self-signed certificate, hence -k / --tls-verify off):")
+            print(
+                f"  curl -k smtps://{host}:{ports['submissions']} --mail-from {user} "
+                f'--mail-rcpt {user} -u "{user}:{password}" -T message.eml'
+            )
+            print(
+                f"  swaks --server {host}:{ports['submission']} --tls --auth PLAIN "
+                f'--auth-user {user} --auth-password "{password}" --from {user} --to {user}'
+            )
+            print(
+                f"Read it: the Maildir under {state.path('mail')} (IMAP comes with the IMAP issue)."
+            )
+        print(
+            "Edit the manifests and the running pod picks the change up. Ctrl-C stops.\n",
+            flush=True,
+        )
+
+    try:
+        code = stack.run(announce)
+    except LocalModeError as error:
+        raise CliError(str(error)) from error
+    if code:
+        raise CliError(f"the mail pod exited with status {code}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
     plan.add_argument("--format", choices=("table", "zone", "yaml"), default="table")
     plan.set_defaults(run=cmd_dns_plan)
+    up = commands.add_parser(
+        "up", help="run the manifests locally: render the mail pod config and start the mail pod"
+    )
+    up.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files or directories")
+    up.add_argument("--state-dir", default=str(default_state_dir()), help=state_help)
+    up.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    up.add_argument(
+        "--port",
+        action="append",
+        metavar="KIND=PORT",
+        help="override a port (defaults: "
+        + ", ".join(f"{kind}={port}" for kind, port in DEFAULT_PORTS.items())
+        + ")",
+    )
+    up.set_defaults(run=cmd_up)
     return parser
 
 

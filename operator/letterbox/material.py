@@ -7,15 +7,21 @@ mode show and use the same keys run after run.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from argon2 import PasswordHasher
+from argon2 import exceptions as argon2_exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
 
 from letterbox.api.dkimkey import DkimAlgorithm
 
@@ -59,13 +65,25 @@ class StateDir:
             self.root / namespace / "mailboxes" / f"{mailbox}.password", generate_password
         )
 
+    def dkim_key_file(
+        self, namespace: str, dkimkey: str, selector: str, algorithm: DkimAlgorithm
+    ) -> Path:
+        return self.root / namespace / "dkim" / dkimkey / f"{selector}.{algorithm.value}.pem"
+
     def dkim_key(
         self, namespace: str, dkimkey: str, selector: str, algorithm: DkimAlgorithm
     ) -> str:
         return self._get_or_create(
-            self.root / namespace / "dkim" / dkimkey / f"{selector}.{algorithm.value}.pem",
+            self.dkim_key_file(namespace, dkimkey, selector, algorithm),
             lambda: generate_dkim_key(algorithm),
         )
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def file(self, relative: str, generate: Callable[[], str]) -> str:
+        """A generated file under the state dir, created once."""
+        return self._get_or_create(self.root / relative, generate)
 
     @staticmethod
     def _get_or_create(path: Path, generate: Callable[[], str]) -> str:
@@ -85,3 +103,55 @@ class StateDir:
             Path(tmp).unlink(missing_ok=True)
             raise
         return value
+
+
+_HASHER = PasswordHasher()  # argon2id, RFC 9106 second recommendation (argon2-cffi's default)
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def password_matches(password: str, password_hash: str) -> bool:
+    try:
+        return _HASHER.verify(password_hash, password)
+    except (argon2_exceptions.VerificationError, argon2_exceptions.InvalidHashError):
+        return False
+
+
+def is_password_hash(value: str) -> bool:
+    """A hash the mail pod accepts as is (argon2id PHC string or bcrypt)."""
+    return value.startswith("$argon2id$") or value[:4] in ("$2a$", "$2b$", "$2y$")
+
+
+def self_signed_certificate(names: list[str], days: int = 365) -> tuple[str, str]:
+    """(certificate PEM, key PEM) for local mode: ECDSA P-256, the names as SANs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.now(UTC)
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )

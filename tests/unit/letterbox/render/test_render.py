@@ -161,3 +161,30 @@ def test_dkim_records_carry_the_public_key() -> None:
     ed_value = dkim_record_value(ed)
     assert ed_value.startswith("v=DKIM1; k=ed25519; p=")
     assert len(ed_value.split("p=")[1]) == 44  # 32 raw bytes, base64
+
+
+def test_pod_config_golden_and_loadable_by_the_pod(tmp_path: Path) -> None:
+    """The contract: what the operator renders, the mail pod loads unchanged."""
+    from letterbox.render.podconfig import PodMaterial, render_pod_config
+    from mailpod import config as pod
+    from mailpod.config import dump_config, load_config
+
+    manifests = _example_manifests()
+    hashes = {m.spec.address: "$2b$04$" + "x" * 53 for m in manifests.mailboxes}
+    config = render_pod_config(
+        manifests,
+        PodMaterial(
+            hostname="mail.example.com",
+            listeners=[pod.Listener(kind=pod.ListenerKind.SMTP, port=25)],
+            storage=pod.Storage(mail_root=Path("/var/mail"), queue_dir=Path("/var/queue")),
+            tls=None,
+            password_hashes=hashes,
+            dkim_keys=[(_keys()[0], Path("/keys/lb.pem")), (_keys()[2], Path("/keys/x.pem"))],
+        ),
+    )
+    check_golden("pod-config.json", dump_config(config) + "\n")
+    assert [m.quota_bytes for m in config.mailboxes] == [10 * 2**30, 5 * 2**30]  # own, default
+    assert [k.domain for k in config.dkim_keys] == ["example.com"]  # no MailDomain for the other
+    path = tmp_path / "config.json"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
