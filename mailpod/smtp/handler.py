@@ -22,6 +22,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailpod import metrics
 from mailpod.config import ListenerKind
 from mailpod.errors import SmtpError, internal_error
 from mailpod.pipeline import Envelope as PipelineEnvelope
@@ -53,7 +54,25 @@ class MailSession(Session):
 
 
 class MailSMTP(SMTP):
-    """aiosmtpd's protocol with our envelope and session types."""
+    """aiosmtpd's protocol with our envelope and session types, counting connections."""
+
+    def __init__(self, handler: SmtpHandler, **settings: Any) -> None:
+        super().__init__(handler, **settings)
+        self.listener = handler.kind.value
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._counted:  # called again after STARTTLS
+            self._counted = True
+            metrics.CONNECTIONS.labels(listener=self.listener).inc()
+            metrics.CONNECTIONS_OPEN.labels(listener=self.listener).inc()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            metrics.CONNECTIONS_OPEN.labels(listener=self.listener).dec()
+        super().connection_lost(error)
 
     def _create_envelope(self) -> MailEnvelope:
         return MailEnvelope()

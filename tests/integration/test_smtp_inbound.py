@@ -219,3 +219,23 @@ def test_hundred_parallel_sessions(mailpod: MailpodProcess) -> None:
     stored = mailpod.messages("alice@example.com")
     for i in range(100):
         assert sum(f"Subject: parallel {i}\r\n".encode() in m for m in stored) == 1
+
+
+def test_health_and_metrics(mailpod: MailpodProcess) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{mailpod.ports['http']}"
+    assert httpx.get(f"{base}/healthz").text.strip() == "ok"
+    assert httpx.get(f"{base}/readyz").status_code == 200
+    client = _smtp(mailpod)
+    client.sendmail("c@remote.test", ["alice@example.com"], b"Subject: metric\r\n\r\nx\r\n")
+    client.quit()
+    text = httpx.get(f"{base}/metrics").text
+    accepted = [
+        line
+        for line in text.splitlines()
+        if line.startswith('mailpod_messages_total{listener="smtp",result="accepted"}')
+    ]
+    assert accepted
+    assert float(accepted[0].split()[-1]) >= 1
+    assert 'mailpod_connections_total{listener="smtp"}' in text
