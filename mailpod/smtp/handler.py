@@ -15,6 +15,7 @@ import email.utils
 import logging
 import secrets
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
@@ -53,25 +54,47 @@ class MailSession(Session):
         self.id = secrets.token_hex(6)
 
 
+# Open connections per client address in this worker process.
+_OPEN_BY_IP: Counter[str] = Counter()
+
+
 class MailSMTP(SMTP):
     """aiosmtpd's protocol with our envelope and session types, counting connections."""
 
     def __init__(self, handler: SmtpHandler, **settings: Any) -> None:
         super().__init__(handler, **settings)
+        self.event_handler: SmtpHandler = handler
         self.listener = handler.kind.value
         self._counted = False
+        self._peer_ip = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # called again after STARTTLS
+            peer = transport.get_extra_info("peername")
+            self._peer_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            limits = self.event_handler.runtime.snapshot().config.limits
+            if _OPEN_BY_IP[self._peer_ip] >= limits.max_connections_per_ip and not (
+                self.event_handler.runtime.is_trusted_proxy(self._peer_ip)
+            ):
+                # Behind a trusted load balancer every client shares its address: no limit.
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+                transport.close()
+                return
             self._counted = True
+            _OPEN_BY_IP[self._peer_ip] += 1
             metrics.CONNECTIONS.labels(listener=self.listener).inc()
             metrics.CONNECTIONS_OPEN.labels(listener=self.listener).inc()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            metrics.CONNECTIONS_OPEN.labels(listener=self.listener).dec()
+        if not self._counted:
+            return
+        self._counted = False
+        _OPEN_BY_IP[self._peer_ip] -= 1
+        if not _OPEN_BY_IP[self._peer_ip]:
+            del _OPEN_BY_IP[self._peer_ip]
+        metrics.CONNECTIONS_OPEN.labels(listener=self.listener).dec()
         super().connection_lost(error)
 
     def _create_envelope(self) -> MailEnvelope:
@@ -107,7 +130,9 @@ class SmtpHandler:
         self, server: SMTP, session: MailSession, envelope: Envelope, proxy_data: Any
     ) -> bool:
         # Only a trusted load balancer may tell us the client's address.
-        return self.runtime.is_trusted_proxy(self.client_ip(session))
+        # The TCP peer (the load balancer), not the address its header claims.
+        peer = session.peer
+        return self.runtime.is_trusted_proxy(str(peer[0]) if isinstance(peer, tuple) else "")
 
     async def handle_EHLO(
         self,

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,12 @@ class MailpodProcess:
         tmp.write_text(yaml.safe_dump(config or self.config()))
         os.replace(tmp, self.config_file)
 
-    def start(self) -> MailpodProcess:
+    def _banner(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=1) as sock:
+            return sock.recv(100).startswith(b"220")
+
+    def start(self, probe: Callable[[], bool] | None = None) -> MailpodProcess:
+        """Start and wait until `probe` (default: an SMTP banner on the smtp port) succeeds."""
         env = {**os.environ, "PYTHONPATH": f"{REPO / 'operator'}:{REPO}"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(
@@ -124,11 +130,11 @@ class MailpodProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mailpod exited {self.proc.returncode}:\n{self.log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=1) as sock:
-                    if sock.recv(100).startswith(b"220"):
-                        return self
+                if (probe or self._banner)():
+                    return self
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise RuntimeError(f"mailpod did not start:\n{self.log()}")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:

@@ -1,0 +1,104 @@
+"""The real client address behind a trusted load balancer (PROXY protocol v2), and per-address
+connection limits, against a real mailpod process."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.mailpod_harness import MailpodProcess
+
+pytestmark = pytest.mark.integration
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def _proxy_v2(source: str, source_port: int) -> bytes:
+    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1")
+    addresses += struct.pack("!HH", source_port, 25)
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
+def _pod(tmp_path: Path, trusted: list[str]) -> MailpodProcess:
+    pod = MailpodProcess(tmp_path, workers=1)
+    config = pod.config()
+    for listener in config["listeners"]:
+        if listener["kind"] == "smtp":
+            listener["proxy_protocol"] = True
+    config["trusted_proxies"] = trusted
+    config["limits"]["max_connections_per_ip"] = 3
+    pod.write_config(config)
+    return pod
+
+
+def _send_through_proxy(port: int, header: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(header)
+        reader = sock.makefile("rb")
+        banner = reader.readline()
+        if not banner:
+            return b""
+        sock.sendall(
+            b"EHLO lb.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n"
+        )
+        while not reader.readline().startswith(b"354"):
+            pass
+        sock.sendall(b"Subject: proxied\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        return reader.readline()
+
+
+def test_trusted_proxy_passes_the_client_address(tmp_path: Path) -> None:
+    pod = _pod(tmp_path, ["127.0.0.0/8"])
+    port = pod.ports["smtp"]
+    pod.start(probe=lambda: _send_through_proxy(port, _proxy_v2("203.0.113.7", 40000)) != b"")
+    try:
+        assert _send_through_proxy(port, _proxy_v2("198.51.100.9", 40001)).startswith(b"250")
+        stored = [m for m in pod.messages("alice@example.com") if b"198.51.100.9" in m]
+        assert stored
+        assert b"Received: from lb.test ([198.51.100.9])" in stored[0]
+    finally:
+        pod.stop()
+
+
+def test_untrusted_peer_cannot_claim_an_address(tmp_path: Path) -> None:
+    pod = _pod(tmp_path, ["192.0.2.0/24"])  # loopback is not trusted
+    port = pod.ports["smtp"]
+    pod.start(probe=lambda: _reachable(port))
+    try:
+        assert _send_through_proxy(port, _proxy_v2("198.51.100.9", 40001)) == b""
+        assert not any(b"198.51.100.9" in m for m in pod.messages("alice@example.com"))
+    finally:
+        pod.stop()
+
+
+def _reachable(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        return True
+
+
+def test_connection_limit_per_address(tmp_path: Path) -> None:
+    pod = MailpodProcess(tmp_path, workers=1)
+    config = pod.config()
+    config["limits"]["max_connections_per_ip"] = 3
+    pod.write_config(config)
+    pod.start()
+    try:
+        held = [
+            socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=5) for _ in range(3)
+        ]
+        for sock in held:
+            assert sock.recv(100).startswith(b"220")
+        with socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=5) as extra:
+            assert extra.recv(100).startswith(b"421 4.7.0")
+        held.pop().close()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=5) as again:
+            assert again.recv(100).startswith(b"220")
+        for sock in held:
+            sock.close()
+    finally:
+        pod.stop()
