@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CONFIG_VERSION = 1
 
 _DOMAIN = r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}|xn--[a-z0-9-]{1,59})"
-_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LOCAL = r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*"
 
 Domain = Annotated[str, Field(max_length=253, pattern=rf"^{_DOMAIN}$")]
 Address = Annotated[str, Field(max_length=254, pattern=rf"^{_LOCAL}@{_DOMAIN}$")]

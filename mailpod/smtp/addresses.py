@@ -7,7 +7,7 @@ import re
 
 from mailpod.errors import SmtpError
 
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+)*")
+_DOT_ATOM = re.compile(r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*")
 _DOMAIN = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}")
 _UTF8_LOCAL = re.compile(
     r"[^\x00-\x20\x7f\"(),:;<>@\[\\\]%!]+(\.[^\x00-\x20\x7f\"(),:;<>@\[\\\]%!]+)*"

@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -179,8 +180,8 @@ class MaildirDelivery:
         write = functools.partial(
             self._storage._write_copies, self._copies, message.header_prefix, message.data
         )
-        self._writing = self._storage._submit(write)
         try:
+            self._writing = self._storage._submit(write)
             await _io(self._writing)
         except BaseException:
             self._state = _State.FAILED
@@ -190,10 +191,9 @@ class MaildirDelivery:
         """Publish every copy into new/; when this returns, all of them are durable."""
         self._expect(_State.WRITTEN, "commit")
         if self._copies:
-            self._publishing = self._storage._submit(
-                functools.partial(self._storage._publish_copies, self._copies)
-            )
+            publish = functools.partial(self._storage._publish_copies, self._copies)
             try:
+                self._publishing = self._storage._submit(publish)
                 await _io(self._publishing)
             except BaseException:
                 self._state = _State.FAILED
@@ -201,7 +201,10 @@ class MaildirDelivery:
         self._committed()
 
     async def abort(self) -> None:
-        """Drop the unpublished copies. A no-op after commit() (and safe to call twice)."""
+        """Drop the unpublished copies. A no-op after commit() (and safe to call twice).
+
+        Never raises for I/O: it runs on error paths, and a file it fails to remove stays in
+        tmp/, where no reader looks and recover() finds it."""
         if self._state in (_State.COMMITTED, _State.ABORTED):
             return
         self._state = _State.ABORTED
@@ -216,7 +219,12 @@ class MaildirDelivery:
             self._committed()
             return
         if self._copies:
-            await _io(self._storage._submit(functools.partial(_discard, self._copies)))
+            try:
+                await asyncio.wrap_future(
+                    self._storage._submit(functools.partial(_discard, self._copies))
+                )
+            except OSError as error:
+                log.warning("could not remove an aborted delivery's tmp files: %s", error)
         _in_flight.difference_update(copy.name for copy in self._copies)
 
     def _committed(self) -> None:
@@ -358,11 +366,6 @@ class MaildirStorage:
             return name not in _in_flight
         if pid not in alive:
             alive[pid] = _pid_alive(pid)
-            if alive[pid]:
-                import subprocess
-                with open("/tmp/recover-debug.txt", "a") as f:
-                    f.write(f"me={os.getpid()} keep pid={pid} name={name}\n")
-                    f.write(subprocess.run(["ps", "-eLo", "pid,lwp,ppid,stat,args"], capture_output=True, text=True).stdout)
         return not alive[pid]
 
     # Thread-side work (called on the pool)
@@ -524,6 +527,11 @@ def _scan_usage(mailbox: Path) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` may still publish its tmp/ files.
+
+    A zombie, an exiting process or one with a SIGKILL pending never runs its own code again,
+    so it counts as gone: recovery right after a kill -9 must not spare the files of a writer
+    that is still dying (stuck in fsync, or not yet reaped)."""
     if pid <= 0:
         return False  # not a pid we wrote; kill(0) would mean our own process group
     try:
@@ -531,11 +539,28 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    # A killed worker whose parent died too stays a zombie when PID 1 does not reap orphans
-    # (common in containers): kill(0) succeeds, yet it will never write again.
+        pass  # exists, owned by someone else
+    return not _dying(pid)
+
+
+_PF_EXITING = 0x4  # task flag in /proc/<pid>/stat, set as soon as the process starts exiting
+_SIGKILL_PENDING = 1 << (signal.SIGKILL - 1)
+
+
+def _dying(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
+        return False  # no /proc (or it just went): we cannot tell, so it is not known to die
+    # The command name in parentheses may hold spaces: the fields after it are fixed.
+    fields = stat.rpartition(")")[2].split()
+    state, flags = fields[0], int(fields[6])
+    if state in ("Z", "X", "x") or flags & _PF_EXITING:
         return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    pending = 0
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd"):
+            pending |= int(value, 16)
+    return bool(pending & _SIGKILL_PENDING)

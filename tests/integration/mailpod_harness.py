@@ -89,7 +89,8 @@ class MailpodProcess:
                 {"address": "@example.org", "destinations": ["alice@example.com"]},
             ],
             "storage": {"mail_root": str(self.mail_root), "queue_dir": str(self.root / "queue")},
-            "limits": {"max_message_bytes": 200_000},
+            # Every test client shares 127.0.0.1: allow the 100-session test through.
+            "limits": {"max_message_bytes": 200_000, "max_connections_per_ip": 200},
         }
         config.update(self.overrides)
         return config

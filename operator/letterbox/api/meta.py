@@ -152,9 +152,9 @@ class ApiModel(BaseModel):
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _TLD = r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})"
 DOMAIN_PATTERN = rf"({_LABEL}\.)+{_TLD}"
-# Dot-atom local parts only (RFC 5321 §4.1.2): quoted local parts are a relay-trick vector and no
-# mail client needs them for a mailbox name.
-LOCAL_PART_PATTERN = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+# Dot-atom local parts only (RFC 5321 §4.1.2), without "%", "!" and "/": quoted local parts, %
+# and ! are relay-trick vectors the mail pod refuses at RCPT, and "/" has no place in a path.
+LOCAL_PART_PATTERN = r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*"
 
 DomainName = Annotated[
     str,

@@ -80,6 +80,9 @@ def test_good_addresses(address: str) -> None:
         "alice@example.com\n",
         "alice@[192.0.2.1]",
         "alice@example.com@evil.test",
+        "alice%evil.test@example.com",
+        "evil.test!alice@example.com",
+        "../alice@example.com",
     ],
 )
 def test_bad_addresses(address: str) -> None:

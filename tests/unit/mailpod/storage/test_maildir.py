@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -443,3 +444,15 @@ def test_names_differ_across_storages_in_one_process(tmp_path: Path) -> None:
     finally:
         for store in stores:
             store.close()
+
+
+def test_zombies_and_killed_processes_count_as_gone() -> None:
+    assert maildir_module._pid_alive(os.getppid())
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as sleeper:
+        assert maildir_module._pid_alive(sleeper.pid)
+        os.kill(sleeper.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while maildir_module._pid_alive(sleeper.pid):  # exiting, then a zombie: not reaped yet
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert Path(f"/proc/{sleeper.pid}").exists()  # still there, yet counted as gone
