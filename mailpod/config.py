@@ -18,8 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_VERSION = 1
 
-_DOMAIN = r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}|xn--[a-z0-9-]{1,59})"
-_LOCAL = r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*"
+# Shared with the operator's API models, so kubectl and the pod accept exactly the same names.
+DNS_LABEL_PATTERN = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN_PATTERN = rf"({DNS_LABEL_PATTERN}\.)+([a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
+# Dot-atom local parts (RFC 5321 §4.1.2) without "%", "!" and "/": quoted local parts, % and !
+# are relay tricks refused at RCPT, and "/" has no place in a Maildir path.
+LOCAL_PART_PATTERN = r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*"
+_DOMAIN = DOMAIN_PATTERN
+_LOCAL = LOCAL_PART_PATTERN
 
 Domain = Annotated[str, Field(max_length=253, pattern=rf"^{_DOMAIN}$")]
 Address = Annotated[str, Field(max_length=254, pattern=rf"^{_LOCAL}@{_DOMAIN}$")]

@@ -7,8 +7,6 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from letterbox.api.meta import (
-    DOMAIN_PATTERN,
-    LOCAL_PART_PATTERN,
     ApiModel,
     CrdNames,
     EmailAddress,
@@ -20,6 +18,7 @@ from letterbox.api.meta import (
     Unique,
     ready_columns,
 )
+from mailpod.config import DOMAIN_PATTERN, LOCAL_PART_PATTERN
 
 AliasAddress = Annotated[
     str,

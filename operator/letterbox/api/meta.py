@@ -27,6 +27,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from mailpod.config import DNS_LABEL_PATTERN, DOMAIN_PATTERN, LOCAL_PART_PATTERN
+
 GROUP = "letterbox.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -149,12 +151,8 @@ class ApiModel(BaseModel):
 
 # --- reusable string types ------------------------------------------------------------------
 
-_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_TLD = r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})"
-DOMAIN_PATTERN = rf"({_LABEL}\.)+{_TLD}"
-# Dot-atom local parts only (RFC 5321 §4.1.2), without "%", "!" and "/": quoted local parts, %
-# and ! are relay-trick vectors the mail pod refuses at RCPT, and "/" has no place in a path.
-LOCAL_PART_PATTERN = r"[A-Za-z0-9#$&'*+=?^_`{|}~-]+(\.[A-Za-z0-9#$&'*+=?^_`{|}~-]+)*"
+_LABEL = DNS_LABEL_PATTERN
+
 
 DomainName = Annotated[
     str,
