@@ -17,6 +17,8 @@ import secrets
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from typing import Any
@@ -97,11 +99,44 @@ class MailSMTP(SMTP):
         metrics.CONNECTIONS_OPEN.labels(listener=self.listener).dec()
         super().connection_lost(error)
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ runs inspect.getmembers(self) and dir(self) on every connection to
+        # find its smtp_*/auth_* methods; listing only those cut ~10% of the CPU per message.
+        return _protocol_methods(type(self))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd's version defines a typing.Protocol class on every call (~8% of the CPU per
+        # message); same parsing and limits, without it.
+        if not arg:
+            return "", ""
+        address: Any
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr: str = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
+
     def _create_envelope(self) -> MailEnvelope:
         return MailEnvelope()
 
     def _create_session(self) -> MailSession:
         return MailSession(self.loop)
+
+
+_PROTOCOL_METHODS: dict[type, list[str]] = {}
+
+
+def _protocol_methods(cls: type) -> list[str]:
+    if cls not in _PROTOCOL_METHODS:
+        prefixes = ("smtp_", "auth_", "handle_")
+        _PROTOCOL_METHODS[cls] = [name for name in dir(cls) if name.startswith(prefixes)]
+    return _PROTOCOL_METHODS[cls]
 
 
 def _has_bare_line_ending(data: bytes) -> bool:
@@ -112,6 +147,9 @@ def _has_bare_line_ending(data: bytes) -> bool:
 
 
 class SmtpHandler:
+    def __dir__(self) -> list[str]:
+        return _protocol_methods(type(self))  # see MailSMTP.__dir__
+
     def __init__(self, runtime: SmtpRuntime, kind: ListenerKind) -> None:
         self.runtime = runtime
         self.kind = kind

@@ -203,6 +203,21 @@ class PostfixInstance:
 
     # --- observation ---------------------------------------------------------------------------
 
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the instance so far: its live processes plus the children master
+        has reaped (daemons exit after max_use/max_idle). Take differences of two calls; a
+        daemon alive at the first call and reaped before the second is counted in full."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        master = self._master_pid or self.master_pid()
+        total = 0
+        for pid in self._processes():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+                if pid == master:
+                    total += int(fields[13]) + int(fields[14])  # cutime, cstime
+        return total / ticks
+
     def maildir_new(self, mailbox: str = "alice") -> Path:
         return self.vmail / self.domain / mailbox / "new"
 
