@@ -9,6 +9,7 @@ snapshot without touching established connections.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -23,6 +24,10 @@ from mailpod import metrics
 from mailpod.auth import Authenticator, AuthResult
 from mailpod.config import Listener, ListenerKind, MailpodConfig, load_config
 from mailpod.errors import SmtpError
+from mailpod.imap.backend import MailboxSession
+from mailpod.imap.maildir_backend import MaildirMailboxSession
+from mailpod.imap.server import MAX_LINE as IMAP_MAX_LINE
+from mailpod.imap.server import ImapServer
 from mailpod.ops import start_ops_server
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.proxy import is_trusted
@@ -37,6 +42,7 @@ logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 RELOAD_INTERVAL_SECONDS = 1.0
 SMTP_KINDS = (ListenerKind.SMTP, ListenerKind.SUBMISSION, ListenerKind.SUBMISSIONS)
+IMAP_KINDS = (ListenerKind.IMAP, ListenerKind.IMAPS)
 
 
 def bind(listener: Listener) -> socket.socket:
@@ -53,7 +59,7 @@ def bind(listener: Listener) -> socket.socket:
 
 @dataclass
 class PodRuntime:
-    """The concrete SmtpRuntime of a worker."""
+    """The concrete SmtpRuntime and ImapRuntime of a worker."""
 
     state: PodState
     hostname: str = field(init=False)
@@ -63,6 +69,15 @@ class PodRuntime:
         self.hostname = config.hostname
         self.authenticator = Authenticator(config)
         self.storage = MaildirStorage(config.storage.mail_root, hostname=config.hostname)
+        # IMAP index work (SQLite with fsync, renames) off the event loop; sized for disk
+        # latency, and separate from the password-hashing threads.
+        self.imap_pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="imap")
+
+    async def open_mailbox(self, user: str) -> MailboxSession:
+        config = self.state.snapshot.config
+        return await MaildirMailboxSession.open(
+            config.storage.mail_root, user, self.imap_pool, hostname=config.hostname
+        )
 
     def snapshot(self) -> Snapshot:
         return self.state.snapshot
@@ -165,6 +180,18 @@ async def serve(
                     sock=sock,
                     ssl=ssl_context,
                     ssl_handshake_timeout=30 if ssl_context else None,
+                )
+            )
+        elif listener.kind in IMAP_KINDS:
+            imap = ImapServer(runtime, listener, state.tls, runtime.open_mailbox)
+            implicit_tls = state.tls if listener.kind is ListenerKind.IMAPS else None
+            servers.append(
+                await asyncio.start_server(
+                    imap.handle,
+                    sock=sock,
+                    ssl=implicit_tls,
+                    ssl_handshake_timeout=30 if implicit_tls else None,
+                    limit=IMAP_MAX_LINE,
                 )
             )
         elif listener.kind is ListenerKind.HTTP:

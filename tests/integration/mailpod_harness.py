@@ -56,7 +56,10 @@ class MailpodProcess:
         self.mail_root = self.root / "mail"
         self.config_file = self.root / "config.yaml"
         self.log_file = self.root / "mailpod.log"
-        self.ports = {kind: free_port() for kind in ("smtp", "submission", "submissions", "http")}
+        self.ports = {
+            kind: free_port()
+            for kind in ("smtp", "submission", "submissions", "imap", "imaps", "http")
+        }
         self.write_config()
 
     def config(self) -> dict[str, Any]:

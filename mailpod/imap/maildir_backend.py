@@ -1,0 +1,150 @@
+"""`MaildirMailboxSession`: the MailboxSession on Maildir++ with its SQLite index
+(mailpod.imap.store).
+
+The index's blocking work (SQLite with fsync, file renames) runs on a thread pool shared by the
+worker's sessions, so the event loop never waits for a disk. Only the poll's first check — a
+stat of new/ and an in-memory SQLite pragma — runs inline, because IDLE clients call it every
+half second and a thread hop would cost more than the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from mailpod.imap.backend import Changes, FolderInfo, FolderStatus, MailboxError, MessageInfo
+from mailpod.imap.store import MaildirIndex
+from mailpod.storage.maildir import mailbox_dir
+
+__all__ = ["MaildirMailboxSession"]
+
+_T = TypeVar("_T")
+
+
+class MaildirMailboxSession:
+    def __init__(
+        self, index: MaildirIndex, user: str, executor: concurrent.futures.Executor
+    ) -> None:
+        self.user = user
+        self._index = index
+        self._executor = executor
+        self._selected: int | None = None
+        self._running: concurrent.futures.Future[object] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        mail_root: Path,
+        user: str,
+        executor: concurrent.futures.Executor,
+        hostname: str | None = None,
+    ) -> MaildirMailboxSession:
+        index = MaildirIndex(mailbox_dir(mail_root, user), hostname)
+        session = cls(index, user, executor)
+        await session._run(index.open)
+        return session
+
+    async def _run(self, work: Callable[..., _T], *args: object) -> _T:
+        if self._running is not None and not self._running.done():
+            # A call whose caller was cancelled may still be running: the index is not
+            # thread-safe, so wait for it.
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._running)
+        future = self._executor.submit(functools.partial(work, *args))
+        self._running = future  # type: ignore[assignment]
+        return await asyncio.wrap_future(future)
+
+    def _folder(self) -> int:
+        if self._selected is None:
+            raise MailboxError("CLIENTBUG", "No mailbox selected")
+        return self._selected
+
+    async def list_folders(self) -> list[FolderInfo]:
+        return await self._run(self._index.folders)
+
+    async def create_folder(self, name: str, special_use: str | None = None) -> None:
+        await self._run(self._index.create_folder, name, special_use)
+
+    async def delete_folder(self, name: str) -> None:
+        await self._run(self._index.delete_folder, name)
+
+    async def rename_folder(self, old: str, new: str) -> None:
+        await self._run(self._index.rename_folder, old, new)
+
+    async def subscribe(self, name: str, subscribed: bool) -> None:
+        await self._run(self._index.set_subscribed, name, subscribed)
+
+    async def status(self, name: str) -> FolderStatus:
+        return await self._run(self._index.status, name)
+
+    async def append(
+        self, name: str, data: bytes, flags: Collection[str], internaldate: datetime | None
+    ) -> tuple[int, int]:
+        when = internaldate.timestamp() if internaldate is not None else None
+        return await self._run(self._index.append, name, data, frozenset(flags), when)
+
+    def _select(self, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
+        folder = self._index.folder(name)
+        self._index.sync(folder.id, full=True)
+        return self._index.messages(folder.id)
+
+    async def select(self, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
+        self._selected = None
+        folder, messages = await self._run(self._select, name)
+        self._selected = folder.id
+        return folder, messages
+
+    def unselect(self) -> None:
+        self._selected = None
+
+    def _poll(self, folder_id: int, since: int) -> Changes:
+        self._index.sync(folder_id)
+        return self._index.changes(folder_id, since)
+
+    async def poll(self, since_modseq: int) -> Changes | None:
+        folder_id = self._folder()
+        if self._running is not None and not self._running.done():
+            await self._run(lambda: None)  # let the running call finish before looking
+        if not self._index.may_have_changed(folder_id):
+            return None
+        return await self._run(self._poll, folder_id, since_modseq)
+
+    async def records(self, uids: Sequence[int]) -> dict[int, MessageInfo]:
+        return await self._run(self._index.records, self._folder(), uids)
+
+    def _read(self, folder_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        found = {}
+        for uid in uids:
+            data = self._index.read(folder_id, uid)
+            if data is not None:
+                found[uid] = data
+        return found
+
+    async def read(self, uids: Sequence[int]) -> dict[int, bytes]:
+        return await self._run(self._read, self._folder(), uids)
+
+    async def store(
+        self, uids: Sequence[int], mode: str, flags: Collection[str], unchangedsince: int | None
+    ) -> tuple[list[MessageInfo], list[int]]:
+        return await self._run(
+            self._index.store, self._folder(), uids, mode, frozenset(flags), unchangedsince
+        )
+
+    async def copy(
+        self, uids: Sequence[int], target: str, move: bool
+    ) -> tuple[int, list[int], list[int]]:
+        return await self._run(self._index.copy, self._folder(), uids, target, move)
+
+    async def expunge(self, uids: Collection[int] | None) -> list[int]:
+        return await self._run(self._index.expunge, self._folder(), uids)
+
+    async def close(self) -> None:
+        self._selected = None
+        with contextlib.suppress(Exception):
+            await self._run(self._index.close)
