@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{len(config.aliases)} aliases"
             )
             return 0
+        load_config(args.config)  # fail fast, before touching the environment
         if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # Must be set before prometheus_client is first imported (it picks its value
             # class then), so the workers' metrics can be summed by whoever serves /metrics.
