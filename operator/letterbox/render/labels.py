@@ -35,3 +35,38 @@ def owned_metadata(
             }
         ]
     return metadata
+
+
+# --- the install-wide mail workload (StatefulSet, Services, config Secrets) --------------------
+
+APP_NAME = "mailpod"
+
+
+def selector_labels(instance: str) -> dict[str, str]:
+    """The labels a StatefulSet, Service, PDB and NetworkPolicy select mail pods by. Kept to
+    name + instance because a StatefulSet's selector can never change after creation."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": instance}
+
+
+def workload_labels(instance: str, component: str) -> dict[str, str]:
+    return {**selector_labels(instance), "app.kubernetes.io/component": component, **MANAGED_BY}
+
+
+def workload_metadata(
+    name: str,
+    namespace: str,
+    *,
+    instance: str,
+    component: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Metadata of an install-wide object: no single resource owns it, so no ownerReference."""
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**workload_labels(instance, component), **(labels or {})},
+    }
+    if annotations:
+        metadata["annotations"] = dict(sorted(annotations.items()))
+    return metadata
