@@ -1,0 +1,159 @@
+"""`AsyncKube`: the same calls for asyncio code (the kopf handlers and reconcile).
+
+The official client is synchronous and kubernetes_asyncio is not a dependency, so each call runs
+in a worker thread (`asyncio.to_thread`): the event loop keeps serving other handlers while one
+waits on the API server. The thread hop costs microseconds against a millisecond round trip, and
+`Kube` is thread-safe (urllib3's pool, locked caches). Concurrency is bounded by the default
+executor (min(32, CPUs + 4) threads), which also bounds our load on the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from letterbox.api.meta import API_VERSION, Resource, Status
+from letterbox.kube.client import (
+    LIST_PAGE,
+    EnsuredSecret,
+    Kube,
+    Object,
+    Objects,
+    Propagation,
+    StatusWrite,
+)
+from letterbox.kube.discovery import ResourceInfo
+from letterbox.kube.events import EventType
+
+
+class AsyncKube:
+    """`Kube` with awaitable methods; see `Kube` for what each does."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.sync = kube
+
+    async def resource(self, api_version: str, kind: str) -> ResourceInfo:
+        return await asyncio.to_thread(self.sync.resource, api_version, kind)
+
+    async def apply(
+        self, obj: Mapping[str, Any], *, field_manager: str | None = None, force: bool = True
+    ) -> Object:
+        return await asyncio.to_thread(
+            self.sync.apply, obj, field_manager=field_manager, force=force
+        )
+
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> Object:
+        return await asyncio.to_thread(self.sync.get, api_version, kind, name, namespace)
+
+    async def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | Mapping[str, str] | None = None,
+        page_size: int = LIST_PAGE,
+    ) -> Objects:
+        return await asyncio.to_thread(
+            self.sync.list,
+            api_version,
+            kind,
+            namespace,
+            label_selector=label_selector,
+            page_size=page_size,
+        )
+
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation: Propagation = Propagation.BACKGROUND,
+        missing_ok: bool = True,
+    ) -> bool:
+        return await asyncio.to_thread(
+            self.sync.delete,
+            api_version,
+            kind,
+            name,
+            namespace,
+            propagation=propagation,
+            missing_ok=missing_ok,
+        )
+
+    async def patch_status(
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        status: Status | Mapping[str, Any],
+        *,
+        api_version: str = API_VERSION,
+        only_if_changed: bool = True,
+        observed: Mapping[str, Any] | None = None,
+    ) -> StatusWrite:
+        return await asyncio.to_thread(
+            self.sync.patch_status,
+            kind,
+            namespace,
+            name,
+            status,
+            api_version=api_version,
+            only_if_changed=only_if_changed,
+            observed=observed,
+        )
+
+    async def emit_event(
+        self,
+        involved_object: Resource | Mapping[str, Any],
+        type: EventType | str,
+        reason: str,
+        message: str,
+        *,
+        action: str = "Reconcile",
+        related: Mapping[str, Any] | None = None,
+    ) -> Object:
+        return await asyncio.to_thread(
+            self.sync.emit_event,
+            involved_object,
+            type,
+            reason,
+            message,
+            action=action,
+            related=related,
+        )
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        return await asyncio.to_thread(self.sync.read_secret_key, namespace, name, key)
+
+    async def ensure_secret(
+        self,
+        name: str,
+        namespace: str,
+        data: Mapping[str, str | bytes],
+        *,
+        owner: Resource | Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        immutable_keys: Iterable[str] | None = None,
+        secret_type: str = "Opaque",  # noqa: S107 - a Secret type, not a password
+    ) -> EnsuredSecret:
+        # Materialise a one-shot iterable here, not in the worker thread.
+        keys = None if immutable_keys is None else tuple(immutable_keys)
+        return await asyncio.to_thread(
+            self.sync.ensure_secret,
+            name,
+            namespace,
+            data,
+            owner=owner,
+            labels=labels,
+            immutable_keys=keys,
+            secret_type=secret_type,
+        )
+
+    def close(self) -> None:
+        self.sync.close()
