@@ -9,6 +9,7 @@ snapshot without touching established connections.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import concurrent.futures
 import contextlib
 import logging
@@ -163,6 +164,9 @@ async def serve(
     config_paths: list[Path], sockets: list[socket.socket], stop: asyncio.Event | None = None
 ) -> None:
     """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
+    # asyncio gives every TLS connection a 256 KiB read buffer; one TLS record (16 KiB) is
+    # enough, and 1,000 idle IMAP connections then take ~80 KiB each instead of ~400 KiB.
+    asyncio.sslproto.SSLProtocol.max_size = 16 * 1024 + 512
     state = PodState.load(config_paths)
     runtime = PodRuntime(state)
     config = state.snapshot.config
@@ -184,7 +188,13 @@ async def serve(
             )
         elif listener.kind in IMAP_KINDS:
             imap = ImapServer(runtime, listener, state.tls, runtime.open_mailbox)
-            implicit_tls = state.tls if listener.kind is ListenerKind.IMAPS else None
+            # Behind a PROXY-protocol load balancer the header comes before the TLS handshake,
+            # so the IMAP server starts TLS itself after reading it.
+            implicit_tls = (
+                state.tls
+                if listener.kind is ListenerKind.IMAPS and not listener.proxy_protocol
+                else None
+            )
             servers.append(
                 await asyncio.start_server(
                     imap.handle,

@@ -112,6 +112,15 @@ class MailboxSession(Protocol):
         None when cheaply known that there are none. Cheap enough to call every second."""
         ...
 
+    async def changes(self, since_modseq: int) -> Changes:
+        """Everything that changed in the selected folder after `since_modseq`, expunged UIDs
+        included (for CONDSTORE/QRESYNC resynchronisation); unlike `poll`, never skipped."""
+        ...
+
+    async def usage(self) -> int:
+        """Bytes stored in the whole mailbox (every folder), as quotas count them."""
+        ...
+
     async def records(self, uids: Sequence[int]) -> dict[int, MessageInfo]: ...
 
     async def read(self, uids: Sequence[int]) -> dict[int, bytes]:

@@ -1,6 +1,11 @@
 """`MaildirMailboxSession`: the MailboxSession on Maildir++ with its SQLite index
 (mailpod.imap.store).
 
+Sessions of one user in one worker share one `MaildirIndex` (one SQLite connection): a mail
+client keeps several connections open, and 1,000 IDLE connections must not mean 1,000 SQLite
+connections with their caches. The index serialises their transactions; each session keeps its
+own view of what it has seen (`observer=self`).
+
 The index's blocking work (SQLite with fsync, file renames) runs on a thread pool shared by the
 worker's sessions, so the event loop never waits for a disk. Only the poll's first check — a
 stat of new/ and an in-memory SQLite pragma — runs inline, because IDLE clients call it every
@@ -27,6 +32,17 @@ __all__ = ["MaildirMailboxSession"]
 _T = TypeVar("_T")
 
 
+class _Shared:
+    def __init__(self, index: MaildirIndex) -> None:
+        self.index = index
+        self.users = 0
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+# Per worker process (one event loop): the open index of each mailbox directory.
+_OPEN: dict[Path, _Shared] = {}
+
+
 class MaildirMailboxSession:
     def __init__(
         self, index: MaildirIndex, user: str, executor: concurrent.futures.Executor
@@ -45,10 +61,27 @@ class MaildirMailboxSession:
         executor: concurrent.futures.Executor,
         hostname: str | None = None,
     ) -> MaildirMailboxSession:
-        index = MaildirIndex(mailbox_dir(mail_root, user), hostname)
-        session = cls(index, user, executor)
-        await session._run(index.open)
-        return session
+        root = mailbox_dir(mail_root, user)
+        shared = _OPEN.get(root)
+        if shared is None:
+            shared = _OPEN[root] = _Shared(MaildirIndex(root, hostname))
+            shared.users += 1
+            try:
+                await asyncio.wrap_future(executor.submit(shared.index.open))
+            except BaseException as error:
+                del _OPEN[root]
+                shared.ready.set_exception(error)
+                shared.ready.exception()  # retrieved: waiters get it through their own await
+                raise
+            shared.ready.set_result(None)
+        else:
+            shared.users += 1
+            try:
+                await asyncio.shield(shared.ready)
+            except BaseException:
+                shared.users -= 1
+                raise
+        return cls(shared.index, user, executor)
 
     async def _run(self, work: Callable[..., _T], *args: object) -> _T:
         if self._running is not None and not self._running.done():
@@ -105,15 +138,21 @@ class MaildirMailboxSession:
 
     def _poll(self, folder_id: int, since: int) -> Changes:
         self._index.sync(folder_id)
-        return self._index.changes(folder_id, since)
+        return self._index.changes(folder_id, since, observer=self)
 
     async def poll(self, since_modseq: int) -> Changes | None:
         folder_id = self._folder()
         if self._running is not None and not self._running.done():
             await self._run(lambda: None)  # let the running call finish before looking
-        if not self._index.may_have_changed(folder_id):
+        if not self._index.may_have_changed(folder_id, observer=self):
             return None
         return await self._run(self._poll, folder_id, since_modseq)
+
+    async def changes(self, since_modseq: int) -> Changes:
+        return await self._run(self._poll, self._folder(), since_modseq)
+
+    async def usage(self) -> int:
+        return await self._run(self._index.usage_bytes)
 
     async def records(self, uids: Sequence[int]) -> dict[int, MessageInfo]:
         return await self._run(self._index.records, self._folder(), uids)
@@ -146,5 +185,13 @@ class MaildirMailboxSession:
 
     async def close(self) -> None:
         self._selected = None
-        with contextlib.suppress(Exception):
-            await self._run(self._index.close)
+        self._index.forget(self)
+        root = self._index.root
+        shared = _OPEN.get(root)
+        if shared is None or shared.index is not self._index:
+            return
+        shared.users -= 1
+        if shared.users == 0:
+            del _OPEN[root]
+            with contextlib.suppress(Exception):
+                await self._run(self._index.close)

@@ -35,6 +35,7 @@ __all__ = [
     "Login",
     "MailboxCommand",
     "ParseError",
+    "QresyncParams",
     "Rename",
     "Search",
     "SearchKey",
@@ -249,11 +250,21 @@ class Enable(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class QresyncParams:
+    """SELECT's QRESYNC parameter (RFC 7162 3.2.5): what the client has cached."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Select(Command):
     """SELECT or EXAMINE."""
 
     mailbox: str
     condstore: bool
+    qresync: QresyncParams | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +323,7 @@ class Fetch(Command):
     seqset: SequenceSet
     attrs: tuple[FetchAttr, ...]
     changedsince: int | None
+    vanished: bool = False  # QRESYNC: also report expunged UIDs as VANISHED (EARLIER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,12 +631,11 @@ def _parse_arguments(c: _Cursor, tag: str, name: str, uid: bool) -> Command:
             capabilities.append(c.atom().upper())
         return Enable(tag, name, tuple(capabilities))
     if name in ("SELECT", "EXAMINE"):
-        mailbox = c.mailbox()
-        condstore = False
-        if c.maybe(b" "):
-            params = c.parenthesised(c.atom)
-            condstore = any(p.upper() == "CONDSTORE" for p in params)
-        return Select(tag, name, mailbox, condstore)
+        return _select(c, tag, name)
+    if name == "GETQUOTA":
+        return MailboxCommand(tag, name, c.astring(), ())
+    if name == "GETQUOTAROOT":
+        return MailboxCommand(tag, name, c.mailbox(), ())
     if name in ("CREATE", "DELETE", "SUBSCRIBE", "UNSUBSCRIBE"):
         mailbox = c.mailbox()
         special: tuple[str, ...] = ()
@@ -655,6 +666,51 @@ def _parse_arguments(c: _Cursor, tag: str, name: str, uid: bool) -> Command:
         c.sp()
         return CopyMove(tag, name, uid, seqset, c.mailbox())
     raise ParseError(f"unknown command {name}")
+
+
+def _select(c: _Cursor, tag: str, name: str) -> Select:
+    mailbox = c.mailbox()
+    condstore = False
+    qresync: QresyncParams | None = None
+    if c.maybe(b" "):
+
+        def param() -> None:
+            nonlocal condstore, qresync
+            word = c.atom().upper()
+            if word == "CONDSTORE":
+                condstore = True
+            elif word == "QRESYNC":
+                c.sp()
+                qresync = _qresync(c)
+            else:
+                raise c.error(f"unknown {name} parameter {word}")
+
+        c.parenthesised(param, allow_empty=False)
+    return Select(tag, name, mailbox, condstore, qresync)
+
+
+def _qresync(c: _Cursor) -> QresyncParams:
+    # (uidvalidity mod-sequence [known-uids [seq-match-data]]); the sequence match data only
+    # narrows what we report, and we keep every expunged UID, so it is read and ignored.
+    c.expect(b"(")
+    uidvalidity = c.number(nonzero=True)
+    c.sp()
+    modseq = c.number(nonzero=True)
+    known: SequenceSet | None = None
+    if c.maybe(b" "):
+        if c.peek() != 0x28:
+            known = c.seqset()
+            if known.saved:
+                raise c.error("$ is not a UID set")
+            c.maybe(b" ")
+        if c.peek() == 0x28:
+            c.expect(b"(")
+            c.seqset()
+            c.sp()
+            c.seqset()
+            c.expect(b")")
+    c.expect(b")")
+    return QresyncParams(uidvalidity, modseq, known)
 
 
 def _authenticate(c: _Cursor, tag: str) -> Authenticate:
@@ -885,19 +941,26 @@ def _fetch(c: _Cursor, tag: str, uid: bool) -> Fetch:
             c.pos = start
             attrs = [_fetch_attr(c)]
     changedsince: int | None = None
+    vanished = False
     if c.maybe(b" "):
 
         def modifier() -> None:
-            nonlocal changedsince
+            nonlocal changedsince, vanished
+            if c.maybe_upper(b"VANISHED"):
+                vanished = True
+                return
             if not c.maybe_upper(b"CHANGEDSINCE"):
                 raise c.error("unknown FETCH modifier")
             c.sp()
             changedsince = c.number()
 
         c.parenthesised(modifier, allow_empty=False)
+    if vanished and (not uid or changedsince is None):
+        # RFC 7162 3.2.6: only UID FETCH, and only together with CHANGEDSINCE.
+        raise c.error("VANISHED needs UID FETCH with CHANGEDSINCE")
     if uid and not any(a.name == "UID" for a in attrs):
         attrs.insert(0, FetchAttr("UID"))  # UID FETCH always reports the UID
-    return Fetch(tag, "FETCH", uid, seqset, tuple(attrs), changedsince)
+    return Fetch(tag, "FETCH", uid, seqset, tuple(attrs), changedsince, vanished)
 
 
 def _fetch_attr(c: _Cursor) -> FetchAttr:

@@ -44,6 +44,10 @@ class SelectedView:
         self.flags = {message.uid: message.flags for message in messages}
         self.keywords = {f for m in messages for f in m.flags if not f.startswith("\\")}
         self.saved: list[int] = []  # SEARCHRES "$", as UIDs
+        # Set by the connection: CONDSTORE adds MODSEQ to flag updates; QRESYNC reports
+        # expunges as VANISHED (UIDs) instead of EXPUNGE (sequence numbers).
+        self.condstore = False
+        self.qresync = False
         self._pending_expunge: set[int] = set()
 
     @property
@@ -86,13 +90,18 @@ class SelectedView:
         self.keywords |= new
         return self.flags_lines()
 
-    def fetch_flags_line(self, uid: int) -> bytes:
+    def fetch_flags_line(self, uid: int, modseq: int | None = None) -> bytes:
         seq = self.seq_of(uid)
-        return b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq or 0, uid, flags_value(self.flags[uid]))
+        line = b"* %d FETCH (UID %d FLAGS %s" % (seq or 0, uid, flags_value(self.flags[uid]))
+        if self.condstore and modseq is not None:
+            line += b" MODSEQ (%d)" % modseq
+        return line + b")\r\n"
 
     def remove(self, uids: Iterable[int]) -> list[bytes]:
-        """Forget expunged messages now: one `* n EXPUNGE` each, numbered as they go."""
+        """Forget expunged messages now: one `* n EXPUNGE` each, numbered as they go (or, with
+        QRESYNC, one `* VANISHED uids` for all)."""
         lines = []
+        gone = []
         for uid in sorted(set(uids), reverse=True):  # from the end: no renumbering in between
             seq = self.seq_of(uid)
             if seq is None:
@@ -100,7 +109,10 @@ class SelectedView:
             del self.uids[seq - 1]
             del self.flags[uid]
             self._pending_expunge.discard(uid)
+            gone.append(uid)
             lines.append(b"* %d EXPUNGE\r\n" % seq)
+        if self.qresync and gone:
+            return [b"* VANISHED %s\r\n" % str(SequenceSet.of(sorted(gone))).encode()]
         return lines
 
     def apply(self, changes: Changes | None, allow_expunge: bool) -> list[bytes]:
@@ -122,7 +134,7 @@ class SelectedView:
                     self.flags[record.uid] = record.flags
                     lines += self.note_flags(record.flags)
                     if record.uid not in self._pending_expunge:
-                        flag_lines.append(self.fetch_flags_line(record.uid))
+                        flag_lines.append(self.fetch_flags_line(record.uid, record.modseq))
             elif record.uid > last:
                 self.uids.append(record.uid)
                 self.flags[record.uid] = record.flags

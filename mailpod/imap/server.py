@@ -20,9 +20,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
@@ -53,6 +55,7 @@ from mailpod.imap.parser import (
     ParseError,
     Rename,
     Search,
+    SearchKey,
     Select,
     SequenceSet,
     Status,
@@ -63,6 +66,7 @@ from mailpod.imap.parser import (
 from mailpod.imap.response import astring
 from mailpod.imap.search import Candidate, SearchContext, matches, needs_message
 from mailpod.imap.selected import BadSequence, SelectedView
+from mailpod.imap.utf7 import decode_mutf7, encode_mutf7
 from mailpod.proxy import ProxyProtocolError, client_address
 from mailpod.state import Snapshot
 
@@ -178,6 +182,8 @@ _ALLOWED = {
     "STATUS": _AUTH,
     "APPEND": _AUTH,
     "IDLE": _AUTH,
+    "GETQUOTA": _AUTH,
+    "GETQUOTAROOT": _AUTH,
     "CHECK": _SELECTED,
     "CLOSE": _SELECTED,
     "UNSELECT": _SELECTED,
@@ -193,6 +199,17 @@ _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH"})
 _STATUS_ITEMS = frozenset(
     {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ"}
 )
+
+# What ENABLE knows, in the spelling ENABLED answers with. QRESYNC implies CONDSTORE;
+# IMAP4rev2 implies UTF-8 mailbox names (RFC 9051 and RFC 6855).
+_ENABLEABLE = {
+    "CONDSTORE": "CONDSTORE",
+    "QRESYNC": "QRESYNC",
+    "IMAP4REV2": "IMAP4rev2",
+    "UTF8=ACCEPT": "UTF8=ACCEPT",
+}
+QUOTA_ROOT = ""
+"""One quota root per user, covering all their folders (the config has one quota per mailbox)."""
 
 # Open connections per client address and per user, in this worker process.
 _OPEN_BY_IP: Counter[str] = Counter()
@@ -243,6 +260,18 @@ class ImapServer:
                 except ProxyProtocolError as error:
                     log.warning("bad PROXY header from %s: %s", peer_ip, error)
                     return
+            if (
+                self.implicit_tls
+                and self.tls is not None
+                and not writer.get_extra_info("ssl_object")
+            ):
+                # A load balancer's PROXY header comes in clear before the TLS handshake, so a
+                # PROXY-protocol IMAPS listener must be served without `ssl=`: TLS starts here.
+                try:
+                    await writer.start_tls(self.tls, ssl_handshake_timeout=30)
+                except (ssl.SSLError, ConnectionError, TimeoutError) as error:
+                    log.info("tls handshake failed from %s: %s", client_ip, error)
+                    return
             connection = ImapConnection(self, reader, writer, client_ip)
             await connection.run()
         finally:
@@ -274,6 +303,8 @@ class ImapConnection:
         self.mailbox: MailboxSession | None = None
         self.view: SelectedView | None = None
         self.user: str | None = None
+        self.enabled: set[str] = set()  # upper-case extension names turned on by ENABLE
+        self.condstore = False  # CONDSTORE on, explicitly or by a CONDSTORE-enabling command
         self.commands = 0
         self._out = bytearray()
         self._counted_user: str | None = None
@@ -339,16 +370,26 @@ class ImapConnection:
             if not non_synchronizing:
                 self.write(b"+ Ready for literal data\r\n")
                 await self.flush()
+                self._quickack()
             data += await self.reader.readexactly(size)
             line = await self._read_line()
             data += line
         return bytes(data)
 
+    def _quickack(self) -> None:
+        """ACK the literal at once: clients such as imaplib send it and its closing CRLF as two
+        writes, and Nagle holds the CRLF until the literal is ACKed, which a delayed ACK
+        postpones by 40 ms per APPEND. (Linux only; the option resets itself, hence each time.)"""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
     # --- the loop -----------------------------------------------------------------------------
 
     def capabilities(self) -> str:
         config = self.runtime.snapshot().config
-        words = ["IMAP4rev1"]
+        words = ["IMAP4rev1", "IMAP4rev2"]
         if self.state is State.NOT_AUTHENTICATED:
             if self.tls_active:
                 words.append("AUTH=PLAIN")
@@ -372,6 +413,11 @@ class ImapConnection:
             "ESEARCH",
             "SEARCHRES",
             "STATUS=SIZE",
+            "CONDSTORE",
+            "QRESYNC",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "UTF8=ACCEPT",
             f"APPENDLIMIT={config.limits.max_message_bytes}",
         ]
         return " ".join(words)
@@ -452,6 +498,8 @@ class ImapConnection:
             self, f"do_{command.name.lower()}"
         )
         try:
+            if self._utf8 and command.name != "GETQUOTA":
+                command = _names_to_storage(command)
             text = await handler(command)
             if text is None:  # the handler wrote its own tagged reply
                 return True
@@ -480,6 +528,28 @@ class ImapConnection:
             )
             self.write(f"{tag} NO [SERVERBUG] Internal server error\r\n".encode())
             return True
+
+    @property
+    def _utf8(self) -> bool:
+        return bool(self.enabled & {"UTF8=ACCEPT", "IMAP4REV2"})
+
+    @property
+    def _rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    def _name_out(self, name: str) -> bytes:
+        """A stored folder name as this client wants it (UTF-8 once enabled)."""
+        return astring(decode_mutf7(name) if self._utf8 else name)
+
+    def _enable_condstore(self) -> None:
+        """Turn CONDSTORE on (RFC 7162 3.1: ENABLE, or the first command that uses it); a
+        client that does so with a mailbox selected learns its HIGHESTMODSEQ at once."""
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None:
+            self.view.condstore = True
+            self.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % self.view.modseq)
 
     async def _check_selected_exists(self) -> None:
         """The selected folder was deleted by another session: nothing sensible is left."""
@@ -611,7 +681,16 @@ class ImapConnection:
 
     async def do_enable(self, command: Command) -> str:
         assert isinstance(command, Enable)
-        self.write(b"* ENABLED\r\n")  # nothing enable-able yet (CONDSTORE, UTF8=ACCEPT later)
+        newly = []
+        for name in command.capabilities:
+            if name in _ENABLEABLE and name not in self.enabled:
+                self.enabled.add(name)
+                newly.append(_ENABLEABLE[name])
+        self.write(b" ".join([b"* ENABLED", *(n.encode() for n in newly)]) + b"\r\n")
+        if self.enabled & {"CONDSTORE", "QRESYNC"}:
+            self._enable_condstore()
+        if self.view is not None:
+            self.view.qresync = "QRESYNC" in self.enabled
         return "ENABLE completed"
 
     async def do_namespace(self, command: Command) -> str:
@@ -621,24 +700,55 @@ class ImapConnection:
     async def do_select(self, command: Command) -> str:
         assert isinstance(command, Select)
         readonly = command.name == "EXAMINE"
+        if command.qresync is not None and "QRESYNC" not in self.enabled:
+            raise ImapError("BAD", "QRESYNC must be enabled first")
+        if self.view is not None and self.enabled & {"QRESYNC", "IMAP4REV2"}:
+            # RFC 7162 3.2.11 / RFC 9051: what follows is about the newly selected mailbox.
+            self.write(b"* OK [CLOSED] Previous mailbox closed\r\n")
         # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
         self._deselect()
-        folder, messages = await self._mailbox().select(command.mailbox)
+        if command.condstore:
+            self._enable_condstore()
+        mailbox = self._mailbox()
+        folder, messages = await mailbox.select(command.mailbox)
         view = SelectedView(folder, messages, readonly)
+        view.condstore = self.condstore
+        view.qresync = "QRESYNC" in self.enabled
         for line in view.flags_lines():
             self.write(line)
-        self.write(b"* %d EXISTS\r\n* 0 RECENT\r\n" % view.exists)
-        unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
-        if unseen is not None:
-            self.write(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
+        self.write(b"* %d EXISTS\r\n" % view.exists)
+        if not self._rev2:  # IMAP4rev2 dropped \Recent and the UNSEEN response code
+            self.write(b"* 0 RECENT\r\n")
+            unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
+            if unseen is not None:
+                self.write(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)
         self.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uidvalidity)
         self.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % folder.uidnext)
+        if self.condstore:
+            self.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % folder.highestmodseq)
         self.view = view
         self.state = State.SELECTED
+        qresync = command.qresync
+        if qresync is not None and qresync.uidvalidity == folder.uidvalidity:
+            # The client's cache is valid: tell it what changed since its MODSEQ (RFC 7162
+            # 3.2.5.2), expunges first. Only what this view knows of, so later polls agree.
+            changes = await mailbox.changes(qresync.modseq)
+            vanished = [u for u in changes.expunged if u not in view.flags]
+            if qresync.known_uids is not None:
+                vanished = _uids_in(qresync.known_uids, vanished, view.uidnext - 1)
+            self._write_vanished(vanished)
+            for record in changes.updated:
+                if record.uid in view.flags and record.modseq <= view.modseq:
+                    view.flags[record.uid] = record.flags
+                    self.write(view.fetch_flags_line(record.uid, record.modseq))
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return f"[{mode}] {command.name} completed"
 
     do_examine = do_select
+
+    def _write_vanished(self, uids: list[int]) -> None:
+        if uids:
+            self.write(b"* VANISHED (EARLIER) %s\r\n" % str(SequenceSet.of(uids)).encode())
 
     def _deselect(self) -> None:
         if self.mailbox is not None:
@@ -694,6 +804,7 @@ class ImapConnection:
             return "LIST completed"
         folders = await self._mailbox().list_folders()
         extended = bool(command.selection or command.returns or len(command.patterns) > 1)
+        extended = extended or self._rev2  # IMAP4rev2 LIST says \NonExistent, not \Noselect
         entries = list_folders(
             folders,
             command.reference,
@@ -710,7 +821,7 @@ class ImapConnection:
                 attributes = tuple(a for a in attributes if a != "\\Subscribed")
             line = (
                 f'* {command.name} ({" ".join(attributes)}) "{DELIMITER}" '.encode()
-                + astring(entry.name)
+                + self._name_out(entry.name)
                 + b"\r\n"
             )
             self.write(line)
@@ -722,6 +833,8 @@ class ImapConnection:
     do_lsub = do_list
 
     async def _write_status(self, name: str, items: tuple[str, ...]) -> None:
+        if "HIGHESTMODSEQ" in items:
+            self._enable_condstore()
         status = await self._mailbox().status(name)
         values = {
             "MESSAGES": status.messages,
@@ -734,7 +847,7 @@ class ImapConnection:
             "HIGHESTMODSEQ": status.highestmodseq,
         }
         pairs = " ".join(f"{item} {values[item]}" for item in dict.fromkeys(items))
-        self.write(b"* STATUS " + astring(name) + f" ({pairs})\r\n".encode())
+        self.write(b"* STATUS " + self._name_out(name) + f" ({pairs})\r\n".encode())
 
     async def do_status(self, command: Command) -> str:
         assert isinstance(command, Status)
@@ -751,12 +864,7 @@ class ImapConnection:
             raise ImapError("NO", "Empty messages cannot be stored")
         if size > config.config.limits.max_message_bytes:
             raise ImapError("NO", "Message too large", "TOOBIG")
-        assert self.user is not None
-        account = config.directory.mailbox(self.user)
-        if account is not None and await self.runtime.over_quota(
-            self.user, account.quota_bytes, size
-        ):
-            raise ImapError("NO", "Mailbox is full", "OVERQUOTA")
+        await self._check_quota(size)
         try:
             uidvalidity, uid = await self._mailbox().append(
                 command.mailbox, command.message, command.flags, command.date
@@ -766,6 +874,47 @@ class ImapConnection:
                 raise ImapError("NO", "No such mailbox", "TRYCREATE") from None
             raise
         return f"[APPENDUID {uidvalidity} {uid}] APPEND completed"
+
+    def _quota_limit(self) -> int:
+        """The user's quota in bytes; 0 is none."""
+        assert self.user is not None
+        account = self.runtime.snapshot().directory.mailbox(self.user)
+        return account.quota_bytes if account is not None else 0
+
+    async def _check_quota(self, incoming: int) -> None:
+        limit = self._quota_limit()
+        # The index knows the exact usage (the SMTP side's cached figure may lag a minute);
+        # a message has at least one byte, so a mailbox that is exactly full takes no more.
+        if limit and await self._mailbox().usage() + max(incoming, 1) > limit:
+            raise ImapError("NO", "Mailbox is full", "OVERQUOTA")
+
+    async def _write_quota(self) -> None:
+        limit = self._quota_limit()
+        used = await self._mailbox().usage()
+        # RFC 9208 STORAGE counts units of 1024 octets.
+        self.write(
+            b"* QUOTA "
+            + astring(QUOTA_ROOT)
+            + b" (STORAGE %d %d)\r\n" % (-(-used // 1024), limit // 1024)
+        )
+
+    async def do_getquota(self, command: Command) -> str:
+        assert isinstance(command, MailboxCommand)
+        if command.mailbox != QUOTA_ROOT or not self._quota_limit():
+            raise ImapError("NO", "No such quota root", "NONEXISTENT")
+        await self._write_quota()
+        return "GETQUOTA completed"
+
+    async def do_getquotaroot(self, command: Command) -> str:
+        assert isinstance(command, MailboxCommand)
+        await self._mailbox().status(command.mailbox)  # NO [NONEXISTENT] for an unknown name
+        name = self._name_out(command.mailbox)
+        if not self._quota_limit():
+            self.write(b"* QUOTAROOT " + name + b"\r\n")  # no quota applies
+            return "GETQUOTAROOT completed"
+        self.write(b"* QUOTAROOT " + name + b" " + astring(QUOTA_ROOT) + b"\r\n")
+        await self._write_quota()
+        return "GETQUOTAROOT completed"
 
     async def do_idle(self, command: Command) -> str | None:
         self.write(b"+ idling\r\n")
@@ -836,6 +985,15 @@ class ImapConnection:
         assert isinstance(command, Fetch)
         view = self._view()
         mailbox = self._mailbox()
+        if command.vanished and "QRESYNC" not in self.enabled:
+            raise ImapError("BAD", "VANISHED needs QRESYNC enabled")
+        if command.changedsince is not None or any(a.name == "MODSEQ" for a in command.attrs):
+            self._enable_condstore()
+        if command.vanished:
+            assert command.changedsince is not None
+            changes = await mailbox.changes(command.changedsince)
+            expunged = [u for u in changes.expunged if u not in view.flags]
+            self._write_vanished(_uids_in(command.seqset, expunged, view.uidnext - 1))
         uids = view.resolve(command.seqset, command.uid)
         records = await mailbox.records(uids) if uids else {}
         if command.changedsince is not None:
@@ -849,7 +1007,10 @@ class ImapConnection:
                     records[updated.uid] = updated
                     marked.add(updated.uid)
         attrs = command.attrs
-        if command.changedsince is not None and not any(a.name == "MODSEQ" for a in attrs):
+        with_modseq = command.changedsince is not None or (
+            self.condstore and any(a.name == "FLAGS" for a in attrs)
+        )
+        if with_modseq and not any(a.name == "MODSEQ" for a in attrs):
             attrs = (*attrs, FetchAttr("MODSEQ"))
         want_body = needs_body(attrs)
         missing = False
@@ -877,6 +1038,8 @@ class ImapConnection:
         view = self._view()
         if view.readonly:
             raise ImapError("NO", "Mailbox is read-only", "READ-ONLY")
+        if command.unchangedsince is not None:
+            self._enable_condstore()
         uids = view.resolve(command.seqset, command.uid)
         changed, refused = (
             await self._mailbox().store(uids, command.mode, command.flags, command.unchangedsince)
@@ -885,14 +1048,28 @@ class ImapConnection:
         )
         for line in view.note_flags(command.flags):
             self.write(line)
+        modseqs: dict[int, int] = {}
         for record in changed:
+            modseqs[record.uid] = record.modseq
             if record.uid in view.flags:
                 view.flags[record.uid] = record.flags
+        refused_set = set(refused)
         if not command.silent:
-            refused_set = set(refused)
+            if self.condstore:
+                unchanged = [u for u in uids if u not in modseqs and u in view.flags]
+                if unchanged:
+                    records = await self._mailbox().records(unchanged)
+                    modseqs.update((uid, r.modseq) for uid, r in records.items())
             for uid in uids:
                 if uid in view.flags and uid not in refused_set:
-                    self.write(view.fetch_flags_line(uid))
+                    self.write(view.fetch_flags_line(uid, modseqs.get(uid)))
+        elif self.condstore:
+            # RFC 7162 3.1.3: with CONDSTORE even .SILENT reports the new MODSEQ.
+            for record in changed:
+                seq = view.seq_of(record.uid)
+                if seq is not None:
+                    uid_item = b"UID %d " % record.uid if command.uid else b""
+                    self.write(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, uid_item, record.modseq))
         if refused:
             modified = SequenceSet.of(
                 refused if command.uid else [view.seq_of(u) or 0 for u in refused]
@@ -906,6 +1083,9 @@ class ImapConnection:
             raise ImapError("NO", "Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
         view = self._view()
         mailbox = self._mailbox()
+        with_modseq = _uses_modseq(command.key)
+        if with_modseq:
+            self._enable_condstore()
         uids = list(view.uids)
         records = await mailbox.records(uids) if uids else {}
         context = SearchContext(uids, frozenset(view.saved))
@@ -922,16 +1102,22 @@ class ImapConnection:
                 candidate = Candidate(start + offset + 1, record, message)
                 if matches(command.key, candidate, context):
                     found.append(uid)
-        self._search_response(command, found)
+        # RFC 7162 3.1.5: a search by MODSEQ reports the highest MODSEQ among the results.
+        modseq = max((records[u].modseq for u in found), default=None) if with_modseq else None
+        self._search_response(command, found, modseq)
         return f"{'UID ' if command.uid else ''}SEARCH completed"
 
-    def _search_response(self, command: Search, found: list[int]) -> None:
+    def _search_response(self, command: Search, found: list[int], modseq: int | None) -> None:
         view = self._view()
         numbers = found if command.uid else [view.seq_of(u) or 0 for u in found]
-        if command.returns is None:
-            self.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        returns = command.returns
+        if returns is None and self._rev2:
+            returns = ()  # IMAP4rev2 answers every SEARCH with ESEARCH (RFC 9051 6.4.4)
+        if returns is None:
+            tail = b" (MODSEQ %d)" % modseq if modseq is not None else b""
+            self.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + tail + b"\r\n")
             return
-        options = set(command.returns) or {"ALL"}
+        options = set(returns) or {"ALL"}
         if "SAVE" in options:
             # RFC 5182: with MIN/MAX (and no ALL/COUNT) only those are saved.
             if options & {"MIN", "MAX"} and not options & {"ALL", "COUNT"}:
@@ -957,6 +1143,8 @@ class ImapConnection:
             parts.append(b"ALL " + str(SequenceSet.of(numbers)).encode())
         if "COUNT" in options:
             parts.append(b"COUNT %d" % len(numbers))
+        if modseq is not None:
+            parts.append(b"MODSEQ %d" % modseq)
         self.write(b" ".join(parts) + b"\r\n")
 
     async def do_copy(self, command: Command) -> str:
@@ -969,6 +1157,9 @@ class ImapConnection:
         prefix = "UID " if command.uid else ""
         if not uids:
             return f"{prefix}{command.name} completed (no messages)"
+        if not move and self._quota_limit():
+            records = await self._mailbox().records(uids)
+            await self._check_quota(sum(r.size for r in records.values()))
         try:
             uidvalidity, sources, copies = await self._mailbox().copy(uids, command.mailbox, move)
         except MailboxError as error:
@@ -987,3 +1178,32 @@ class ImapConnection:
         return f"{prefix}MOVE completed"
 
     do_move = do_copy
+
+
+def _uses_modseq(key: SearchKey) -> bool:
+    return key.name == "MODSEQ" or any(_uses_modseq(child) for child in key.children)
+
+
+def _uids_in(uidset: SequenceSet, uids: list[int], largest: int) -> list[int]:
+    """The members of `uids` in a UID set whose `*` is `largest` (the mailbox's largest UID);
+    for expunged UIDs, which `SequenceSet.select` cannot resolve `*` against."""
+    if not uids:
+        return []
+    star = max(largest, uids[-1])
+    spans = [(star if a is None else a, star if b is None else b) for a, b in uidset.ranges]
+    return [u for u in uids if any(min(a, b) <= u <= max(a, b) for a, b in spans)]
+
+
+_NAME_FIELDS = ("mailbox", "old", "new", "reference")
+
+
+def _names_to_storage(command: Command) -> Command:
+    """A UTF-8 client's mailbox names (and LIST patterns) in their stored modified UTF-7."""
+    changes: dict[str, object] = {
+        name: encode_mutf7(getattr(command, name))
+        for name in _NAME_FIELDS
+        if isinstance(getattr(command, name, None), str)
+    }
+    if isinstance(command, ListCommand):
+        changes["patterns"] = tuple(encode_mutf7(p) for p in command.patterns)
+    return dataclasses.replace(command, **changes) if changes else command  # type: ignore[arg-type]

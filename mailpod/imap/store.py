@@ -188,8 +188,12 @@ class MaildirIndex:
         self._host = host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
         self._db: sqlite3.Connection | None = None
         self._stamps: dict[int, tuple[int, int]] = {}
-        self._data_version = -1
-        self._lock = threading.Lock()  # guards against accidental concurrent use
+        # Change detection per observer (each IMAP session sharing this index): the
+        # (data_version, our commits) it last saw. data_version only moves for other
+        # connections' commits, so our own are counted separately.
+        self._commits = 0
+        self._seen: dict[object, tuple[int, int]] = {}
+        self._lock = threading.Lock()  # one transaction at a time on the shared connection
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -225,9 +229,10 @@ class MaildirIndex:
         self._sync_folders()
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._lock:  # after any transaction still running for a cancelled caller
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -237,12 +242,12 @@ class MaildirIndex:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        try:
-            with self._lock, _transaction(self.db, immediate=True):
-                yield self.db
-        finally:
-            # Our own commits do not change our data_version: make the next poll look anyway.
-            self._data_version = -1
+        with self._lock:
+            try:
+                with _transaction(self.db, immediate=True):
+                    yield self.db
+            finally:
+                self._commits += 1  # makes every observer's next poll look
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -407,6 +412,23 @@ class MaildirIndex:
             highestmodseq=current.highestmodseq,
         )
 
+    def usage_bytes(self) -> int:
+        """The mailbox's size for quotas: indexed messages, plus deliveries still in new/ (not
+        indexed yet). One query and a listing per folder, no per-message stat."""
+        with self._read() as db:
+            indexed = int(db.execute("SELECT coalesce(sum(size), 0) FROM messages").fetchone()[0])
+            names = [row[0] for row in db.execute("SELECT name FROM folders")]
+        pending = 0
+        for name in names:
+            for entry in _list(self._path(name) / "new"):
+                match = _SIZE.search(entry.partition(":")[0])
+                if match:
+                    pending += int(match[1])
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        pending += os.stat(self._path(name) / "new" / entry).st_size
+        return indexed + pending
+
     # --- syncing with the Maildir -------------------------------------------------------------
 
     def _folder_path(self, db: sqlite3.Connection, folder_id: int) -> Path:
@@ -422,12 +444,16 @@ class MaildirIndex:
             return None
         return info.st_mtime_ns, info.st_ino
 
-    def may_have_changed(self, folder_id: int) -> bool:
-        """Cheap (a stat and an in-memory pragma): could a sync or `changes()` find anything?
-        True when new/ changed since our last look, or another connection committed."""
+    def forget(self, observer: object) -> None:
+        self._seen.pop(observer, None)
+
+    def may_have_changed(self, folder_id: int, observer: object = None) -> bool:
+        """Cheap (a stat and an in-memory pragma): could a sync or `changes()` find anything
+        that `observer` has not seen? True when new/ changed since the last look, or anyone
+        committed since `observer`'s last `changes()`."""
         with self._lock:
             version = self.db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
+            if (version, self._commits) != self._seen.get(observer):
                 return True
             stamp = self._stamps.get(folder_id)
             row = self.db.execute("SELECT name FROM folders WHERE id = ?", (folder_id,)).fetchone()
@@ -616,10 +642,10 @@ class MaildirIndex:
                     found[uid] = MessageInfo(uid, _flags_of(flags), modseq, internaldate, size)
         return found
 
-    def changes(self, folder_id: int, since: int) -> Changes:
+    def changes(self, folder_id: int, since: int, observer: object = None) -> Changes:
         with self._read() as db:
             # Read first: a commit after this shows up in our queries or in the next poll.
-            version = db.execute("PRAGMA data_version").fetchone()[0]
+            token = (db.execute("PRAGMA data_version").fetchone()[0], self._commits)
             row = db.execute(
                 "SELECT highestmodseq FROM folders WHERE id = ?", (folder_id,)
             ).fetchone()
@@ -640,7 +666,7 @@ class MaildirIndex:
                     (folder_id, since),
                 )
             ]
-        self._data_version = version
+        self._seen[observer] = token
         return Changes(int(row[0]), updated, expunged)
 
     def read(self, folder_id: int, uid: int) -> bytes | None:

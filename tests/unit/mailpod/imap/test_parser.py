@@ -19,6 +19,7 @@ from mailpod.imap.parser import (
     Login,
     MailboxCommand,
     ParseError,
+    QresyncParams,
     Search,
     SearchKey,
     Section,
@@ -263,3 +264,41 @@ def test_list_basic_and_extended() -> None:
         ("MESSAGES", "UNSEEN"),
     )
     assert parse_command(b'a LSUB "" %') == ListCommand("a", "LSUB", "", ("%",), (), (), ())
+
+
+def test_condstore_and_qresync_parameters() -> None:
+    assert parse_command(
+        b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))"
+    ) == Select(
+        "a",
+        "SELECT",
+        "INBOX",
+        False,
+        QresyncParams(67890007, 20050715194045000, SequenceSet(((41, 41), (43, 211), (214, 541)))),
+    )
+    command = parse_command(b"a EXAMINE INBOX (CONDSTORE QRESYNC (1 2 1:* (1:3 4,6,9)))")
+    assert command == Select(
+        "a", "EXAMINE", "INBOX", True, QresyncParams(1, 2, SequenceSet(((1, None),)))
+    )
+    assert parse_command(b"a SELECT INBOX (QRESYNC (1 2))") == Select(
+        "a", "SELECT", "INBOX", False, QresyncParams(1, 2)
+    )
+    fetch = parse_command(b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 7 VANISHED)")
+    assert isinstance(fetch, Fetch)
+    assert (fetch.changedsince, fetch.vanished) == (7, True)
+    for bad in (
+        b"a SELECT INBOX (QRESYNC (0 2))",
+        b"a SELECT INBOX (FROB)",
+        b"a SELECT INBOX ()",
+        b"a FETCH 1 (FLAGS) (CHANGEDSINCE 7 VANISHED)",  # VANISHED needs UID FETCH
+        b"a UID FETCH 1 (FLAGS) (VANISHED)",  # and CHANGEDSINCE
+    ):
+        with pytest.raises(ParseError):
+            parse_command(bad)
+
+
+def test_quota_commands() -> None:
+    assert parse_command(b'a GETQUOTA ""') == MailboxCommand("a", "GETQUOTA", "", ())
+    assert parse_command(b"a GETQUOTAROOT inbox") == MailboxCommand(
+        "a", "GETQUOTAROOT", "INBOX", ()
+    )

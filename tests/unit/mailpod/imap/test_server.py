@@ -33,13 +33,13 @@ class Outcome:
 
 
 class FakeRuntime:
-    def __init__(self, mail_root: Path) -> None:
+    def __init__(self, mail_root: Path, quota_bytes: int = 0) -> None:
         config = MailpodConfig.model_validate(
             {
                 "hostname": "mail.example.com",
                 "listeners": [{"kind": "smtp", "port": 25}],
                 "domains": ["example.com"],
-                "mailboxes": [{"address": USER, "password_hash": HASH}],
+                "mailboxes": [{"address": USER, "password_hash": HASH, "quota_bytes": quota_bytes}],
                 "storage": {"mail_root": str(mail_root), "queue_dir": str(mail_root / "q")},
                 "limits": {"max_message_bytes": 10_000},
             }
@@ -104,9 +104,11 @@ def pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 @pytest.fixture
 async def server(
-    tmp_path: Path, pool: concurrent.futures.ThreadPoolExecutor
+    tmp_path: Path, pool: concurrent.futures.ThreadPoolExecutor, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[ImapServer, asyncio.Server]]:
-    runtime = FakeRuntime(tmp_path / "mail")
+    # Indirect parametrisation may ask for a quota: {"quota_bytes": n}.
+    options: dict[str, int] = getattr(request, "param", {})
+    runtime = FakeRuntime(tmp_path / "mail", options.get("quota_bytes", 0))
 
     async def open_mailbox(user: str) -> MailboxSession:
         return await MaildirMailboxSession.open(tmp_path / "mail", user, pool, "host.test")
@@ -128,7 +130,7 @@ async def connect(listening: asyncio.Server, login: bool = True) -> Client:
     client = Client(*await asyncio.open_connection("127.0.0.1", port))
     _clients.append(client)
     greeting = await client.line()
-    assert greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN ")
+    assert greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2 AUTH=PLAIN ")
     if login:
         reply = await client.exchange(b"l LOGIN alice@example.com secret")
         assert reply[-1].startswith(b"l OK [CAPABILITY ")
