@@ -33,6 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("MAILPOD_WORKERS", "0")) or os.cpu_count() or 1,
         help="worker processes (default: one per CPU)",
     )
+    # The config Secrets read live through the API (the --config files are the start-up
+    # fallback); the StatefulSet sets the first two, a kubeconfig is for running outside a pod.
+    run.add_argument(
+        "--config-secret",
+        default=os.environ.get("MAILPOD_CONFIG_SECRET") or None,
+        metavar="NAME",
+        help="settings Secret of the pod config to watch (default: $MAILPOD_CONFIG_SECRET)",
+    )
+    run.add_argument(
+        "--namespace",
+        default=os.environ.get("MAILPOD_NAMESPACE") or None,
+        help="namespace of the config Secrets (default: $MAILPOD_NAMESPACE, else the pod's)",
+    )
+    run.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=os.environ.get("MAILPOD_KUBECONFIG") or None,
+        help="kubeconfig for the API (default: $MAILPOD_KUBECONFIG, else in-cluster)",
+    )
     run.add_argument(
         "--log-format",
         choices=("json", "text"),
@@ -59,11 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Must be set before prometheus_client is first imported (it picks its value
             # class then), so the workers' metrics can be summed by whoever serves /metrics.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mailpod-metrics-")
+        from mailpod.kubesource import KubeSourceSettings
         from mailpod.logs import setup_logging
         from mailpod.server import run
 
         setup_logging(json_output=args.log_format == "json")
-        return run(args.config, args.workers)
+        api = (
+            KubeSourceSettings(args.config_secret, args.namespace, args.kubeconfig)
+            if args.config_secret
+            else None
+        )
+        return run(args.config, args.workers, api)
     except ConfigError as error:
         print(f"mailpod: {error}", file=sys.stderr)
         return 2

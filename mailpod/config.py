@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -165,9 +165,15 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the file, field path and reason."""
 
 
-def _read(path: Path) -> Any:
-    text = path.read_text()
-    return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+def parse_document(name: str, text: str) -> dict[str, Any]:
+    """One config document: JSON when `name` ends in .json, else YAML (a superset of JSON)."""
+    try:
+        document = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"{name}: cannot be read: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{name}: a config document must be a mapping")
+    return document
 
 
 def _shards(path: Path) -> list[Path]:
@@ -184,11 +190,9 @@ def _shards(path: Path) -> list[Path]:
 _SHARD_LISTS = ("mailboxes", "aliases", "dkim_keys", "domains")
 
 
-def load_config(paths: Sequence[Path] | Path) -> MailpodConfig:
-    """Load and validate a config from files or directories of shards.
-
-    The operator splits large configs (an object holds at most 1 MiB): one document holds the
-    settings, the others only add `mailboxes`, `aliases`, `dkim_keys` or `domains` entries."""
+def read_documents(paths: Sequence[Path] | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The documents of config files and directories of shards, in merge order, each with the
+    name of its file."""
     files: list[Path] = []
     for path in [paths] if isinstance(paths, Path) else paths:
         if not path.exists():
@@ -196,19 +200,32 @@ def load_config(paths: Sequence[Path] | Path) -> MailpodConfig:
         files += _shards(path)
     if not files:
         raise ConfigError("no configuration files found")
-    merged: dict[str, Any] = {}
+    documents = []
     for file in files:
         try:
-            document = _read(file)
-        except (OSError, ValueError, yaml.YAMLError) as error:
+            text = file.read_text()
+        except OSError as error:
             raise ConfigError(f"{file}: cannot be read: {error}") from error
-        if not isinstance(document, dict):
-            raise ConfigError(f"{file}: a config document must be a mapping")
+        documents.append((str(file), parse_document(str(file), text)))
+    return documents
+
+
+def config_from_documents(documents: Sequence[tuple[str, Mapping[str, Any]]]) -> MailpodConfig:
+    """Merge and validate named documents, whether they come from files or from the API.
+
+    The operator splits large configs (an object holds at most 1 MiB): one document holds the
+    settings, the others only add `mailboxes`, `aliases`, `dkim_keys` or `domains` entries."""
+    if not documents:
+        raise ConfigError("no configuration documents")
+    merged: dict[str, Any] = {}
+    for name, document in documents:
         for key, value in document.items():
             if key in _SHARD_LISTS and key in merged:
+                if not isinstance(value, list) or not isinstance(merged[key], list):
+                    raise ConfigError(f"{name}: {key} must be a list")
                 merged[key] = [*merged[key], *value]
             elif key in merged:
-                raise ConfigError(f"{file}: {key} is set by more than one file")
+                raise ConfigError(f"{name}: {key} is set by more than one file")
             else:
                 merged[key] = value
     try:
@@ -219,9 +236,13 @@ def load_config(paths: Sequence[Path] | Path) -> MailpodConfig:
             f"{detail['msg'].removeprefix('Value error, ')}"
             for detail in error.errors()
         ]
-        raise ConfigError(
-            f"invalid config ({', '.join(map(str, files))}):\n  " + "\n  ".join(problems)
-        ) from None
+        names = ", ".join(name for name, _ in documents)
+        raise ConfigError(f"invalid config ({names}):\n  " + "\n  ".join(problems)) from None
+
+
+def load_config(paths: Sequence[Path] | Path) -> MailpodConfig:
+    """Load and validate a config from files or directories of shards."""
+    return config_from_documents(read_documents(paths))
 
 
 def dump_config(config: MailpodConfig) -> str:

@@ -3,7 +3,13 @@
 The parent binds every listening socket once, then forks workers (one per core by default) that
 each run an asyncio loop accepting on the shared sockets; the kernel spreads connections. A
 worker that dies is replaced. Each worker polls its config files every second and swaps in a new
-snapshot without touching established connections.
+snapshot without touching established connections. With MAILPOD_CONFIG_SECRET set, each worker
+also watches its config Secrets through the API (mailpod.kubesource) and, once that delivers,
+follows the API instead of the files, which the kubelet refreshes up to a minute late. Each
+worker watches on its own rather than the parent distributing: the parent is a bare fork
+supervisor without an event loop, the swap stays a plain assignment in the worker's loop with no
+IPC hop, and a replaced worker resyncs by itself; the price, one idle watch per config Secret per
+worker, is small for the API server.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
 from mailpod.imap.server import MAX_LINE as IMAP_MAX_LINE
 from mailpod.imap.server import ImapServer
+from mailpod.kubesource import KubeConfigSource, KubeSourceSettings
 from mailpod.ops import start_ops_server
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.proxy import is_trusted
@@ -90,6 +97,15 @@ class PodRuntime:
         if changed is not None:
             metrics.CONFIG_RELOADS.labels(result="ok" if changed else "error").inc()
         return changed
+
+    def use_config(self, config: MailpodConfig) -> None:
+        """A new valid config from the API."""
+        if self.state.use_config(config, source="api"):
+            self.authenticator.update(config)
+            metrics.CONFIG_RELOADS.labels(result="ok").inc()
+
+    def config_refused(self, _error: Exception) -> None:
+        metrics.CONFIG_RELOADS.labels(result="error").inc()
 
     def is_trusted_proxy(self, peer_ip: str) -> bool:
         return is_trusted(peer_ip, self.state.snapshot.config.trusted_proxies)
@@ -161,7 +177,10 @@ def _smtp_factory(runtime: PodRuntime, listener: Listener) -> Callable[[], objec
 
 
 async def serve(
-    config_paths: list[Path], sockets: list[socket.socket], stop: asyncio.Event | None = None
+    config_paths: list[Path],
+    sockets: list[socket.socket],
+    stop: asyncio.Event | None = None,
+    api: KubeSourceSettings | None = None,
 ) -> None:
     """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
     # asyncio gives every TLS connection a 256 KiB read buffer; one TLS record (16 KiB) is
@@ -219,9 +238,15 @@ async def serve(
             await asyncio.sleep(RELOAD_INTERVAL_SECONDS)
             runtime.reload()
 
-    reloader = asyncio.create_task(reload_loop())
+    tasks = [asyncio.create_task(reload_loop())]
+    if api is not None:
+        # Started after the listeners: the files already serve, the API catches up.
+        source = KubeConfigSource(api, runtime.use_config, runtime.config_refused)
+        tasks.append(asyncio.create_task(source.run(), name="config from the API"))
     await stop.wait()
-    reloader.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for server in servers:
         server.close()
     # Sessions in progress get a moment to finish; a message that got no 250 is retried by the
@@ -230,7 +255,7 @@ async def serve(
         await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in servers)), timeout=10)
 
 
-def run(config_paths: list[Path], workers: int) -> int:
+def run(config_paths: list[Path], workers: int, api: KubeSourceSettings | None = None) -> int:
     """Bind, recover, fork `workers` processes and supervise them until SIGTERM."""
     config: MailpodConfig = load_config(config_paths)
     MaildirStorage(config.storage.mail_root, hostname=config.hostname).recover()
@@ -239,12 +264,17 @@ def run(config_paths: list[Path], workers: int) -> int:
         host, port = sock.getsockname()[:2]
         log.info("listening", extra={"listener": listener.kind.value, "address": f"{host}:{port}"})
     if workers <= 1:
-        asyncio.run(serve(config_paths, sockets))
+        asyncio.run(serve(config_paths, sockets, api=api))
         return 0
-    return _supervise(config_paths, sockets, workers)
+    return _supervise(config_paths, sockets, workers, api)
 
 
-def _supervise(config_paths: list[Path], sockets: list[socket.socket], workers: int) -> int:
+def _supervise(
+    config_paths: list[Path],
+    sockets: list[socket.socket],
+    workers: int,
+    api: KubeSourceSettings | None,
+) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -255,7 +285,7 @@ def _supervise(config_paths: list[Path], sockets: list[socket.socket], workers: 
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                asyncio.run(serve(config_paths, sockets))
+                asyncio.run(serve(config_paths, sockets, api=api))
             except BaseException:
                 log.exception("worker crashed")
                 code = 1

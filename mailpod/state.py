@@ -35,6 +35,9 @@ class PodState:
 
     def __init__(self, config_paths: list[Path], config: MailpodConfig) -> None:
         self.config_paths = config_paths
+        self.follow_files = True
+        """False once the API has delivered a config: from then on the mounted copy, which the
+        kubelet refreshes up to a minute late, must not swap an older config back in."""
         self.snapshot = Snapshot(config, Directory(config))
         self.tls: ssl.SSLContext | None = None
         self._tls_stamp: tuple[float, float] | None = None
@@ -78,6 +81,8 @@ class PodState:
             self.reload_tls()
         except (OSError, ssl.SSLError) as error:
             log.error("tls certificate reload failed, keeping the old one: %s", error)
+        if not self.follow_files:
+            return None
         stamp = self._stamp()
         if stamp == self._config_stamp:
             return None
@@ -95,5 +100,26 @@ class PodState:
         log.info(
             "config reloaded",
             extra={"mailboxes": len(config.mailboxes), "aliases": len(config.aliases)},
+        )
+        return True
+
+    def use_config(self, config: MailpodConfig, source: str) -> bool:
+        """Swap in a config read elsewhere (the API) and stop following the files. True when it
+        differs from the one in force."""
+        self.follow_files = False
+        if config == self.snapshot.config:
+            return False
+        self.snapshot = Snapshot(config, Directory(config))
+        try:
+            self.reload_tls()
+        except (OSError, ssl.SSLError) as error:
+            log.error("tls certificate reload failed, keeping the old one: %s", error)
+        log.info(
+            "config reloaded",
+            extra={
+                "source": source,
+                "mailboxes": len(config.mailboxes),
+                "aliases": len(config.aliases),
+            },
         )
         return True
