@@ -1,8 +1,12 @@
-"""The `letterbox` command line: CRDs, offline render and DNS plan of manifests."""
+"""The `letterbox` command line: CRDs, offline render and DNS plan of manifests, local mode, and
+the operator itself."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +19,7 @@ from letterbox.api.crd import custom_resource_definitions
 from letterbox.api.dnsrecord import DnsRecord, zone_line
 from letterbox.api.manifests import ManifestError, Manifests, load_manifests
 from letterbox.api.meta import domain_of
+from letterbox.api.settings import load_settings
 from letterbox.local import DEFAULT_PORTS, LocalModeError, LocalStack, dkim_key_materials
 from letterbox.material import StateDir, default_state_dir
 from letterbox.render.dkim import DkimKeyMaterial
@@ -229,6 +234,29 @@ def cmd_up(args: argparse.Namespace) -> None:
         raise CliError(f"the mail pod exited with status {code}")
 
 
+def cmd_operator(args: argparse.Namespace) -> None:
+    # Imported here: kopf and the API client are heavy, and the offline commands need neither.
+    from letterbox.handlers.operator import run_operator
+    from letterbox.kube import AsyncKube, Kube
+
+    text = Path(args.settings).read_text() if args.settings else None
+    try:
+        settings = load_settings(text, os.environ)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        raise CliError(f"invalid operator settings: {error}") from error
+    if args.namespace:
+        settings = settings.model_copy(update={"namespace": args.namespace})
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kube = Kube.connect(args.kubeconfig, field_manager=settings.kopf.field_manager)
+    try:
+        asyncio.run(run_operator(AsyncKube(kube), settings))
+    finally:
+        kube.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="letterbox", description="Declarative mail for Kubernetes."
@@ -271,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
         + ")",
     )
     up.set_defaults(run=cmd_up)
+
+    operator = commands.add_parser(
+        "operator", help="run the operator: reconcile the letterbox resources of a namespace"
+    )
+    operator.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster account, then $KUBECONFIG)"
+    )
+    operator.add_argument(
+        "--namespace", help="namespace to serve (default: the settings' namespace)"
+    )
+    operator.add_argument(
+        "--settings", metavar="FILE", help="install-wide settings (YAML, the chart's values)"
+    )
+    operator.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    operator.set_defaults(run=cmd_operator)
     return parser
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from letterbox.api.manifests import Manifests
 from letterbox.material import (
     StateDir,
-    hash_password,
     is_password_hash,
-    password_matches,
+    reuse_or_hash,
     self_signed_certificate,
 )
 from letterbox.render.dkim import DkimKeyMaterial
@@ -67,13 +66,14 @@ def password_hashes(manifests: Manifests, state: StateDir) -> dict[str, str]:
                 hashes[mailbox.spec.address] = password
                 continue
         hash_file = state.path(namespace, "mailboxes", f"{mailbox.metadata.name}.hash")
-        if hash_file.exists() and password_matches(password, hash_file.read_text()):
-            hashes[mailbox.spec.address] = hash_file.read_text()
-            continue
-        hash_file.unlink(missing_ok=True)
-        hashes[mailbox.spec.address] = state.file(
-            str(hash_file.relative_to(state.root)), functools.partial(hash_password, password)
-        )
+        previous = hash_file.read_text() if hash_file.exists() else None
+        password_hash = reuse_or_hash(password, previous)
+        if password_hash != previous:
+            hash_file.unlink(missing_ok=True)
+            state.file(
+                str(hash_file.relative_to(state.root)), functools.partial(str, password_hash)
+            )
+        hashes[mailbox.spec.address] = password_hash
     return hashes
 
 

@@ -7,6 +7,7 @@ mode show and use the same keys run after run.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -117,6 +118,28 @@ def password_matches(password: str, password_hash: str) -> bool:
         return _HASHER.verify(password_hash, password)
     except (argon2_exceptions.VerificationError, argon2_exceptions.InvalidHashError):
         return False
+
+
+def password_fingerprint(password: str, password_hash: str) -> str:
+    """A cheap check that `password_hash` was made from `password`: SHA-256 over both.
+
+    Verifying an argon2id hash costs tens of milliseconds by design, which is fine once per login
+    but not once per mailbox per reconcile (10,000 mailboxes: minutes of CPU after every operator
+    restart). The fingerprint is only ever stored next to the plain password itself (a generated
+    credentials Secret), so it reveals nothing the Secret does not already hold; the argon2 salt
+    inside the hash makes it unique per hash."""
+    return hashlib.sha256(f"{password_hash}\0{password}".encode()).hexdigest()
+
+
+def reuse_or_hash(password: str, previous_hash: str | None) -> str:
+    """The hash to configure for `password`: the value itself if it already is a hash, the
+    previous hash while it still matches (so the pod config changes only when the password
+    does), else a new argon2id hash."""
+    if is_password_hash(password):
+        return password
+    if previous_hash and password_matches(password, previous_hash):
+        return previous_hash
+    return hash_password(password)
 
 
 def is_password_hash(value: str) -> bool:

@@ -1,0 +1,166 @@
+"""What one reconcile pass sees: every letterbox resource of the namespace and its Secrets.
+
+Everything the operator renders goes into one mail pod config per namespace, so a pass always
+looks at the whole namespace at once. The snapshot is plain data (built by `gather`, or by a
+test from dicts), and every decision about it is a pure function (`decide`).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from letterbox.api.alias import Alias
+from letterbox.api.dkimkey import DKIMKey
+from letterbox.api.mailbox import Mailbox
+from letterbox.api.maildomain import MailDomain
+from letterbox.api.meta import Resource
+
+R = TypeVar("R", bound=Resource)
+
+
+class Kind(StrEnum):
+    MAIL_DOMAIN = "MailDomain"
+    MAILBOX = "Mailbox"
+    ALIAS = "Alias"
+    DKIM_KEY = "DKIMKey"
+
+
+MODELS: dict[Kind, type[Resource]] = {
+    Kind.MAIL_DOMAIN: MailDomain,
+    Kind.MAILBOX: Mailbox,
+    Kind.ALIAS: Alias,
+    Kind.DKIM_KEY: DKIMKey,
+}
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    kind: Kind
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Observed(Generic[R]):
+    """One live resource: the object as listed (kept to compare and write status against) and
+    its model, or the reason the model rejects it."""
+
+    key: ObjectKey
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+    model: R | None
+    error: str | None = None
+
+    @property
+    def created(self) -> str:
+        # RFC 3339 in UTC with a Z suffix: orders lexicographically, as the API server writes it.
+        return str((self.raw.get("metadata") or {}).get("creationTimestamp") or "")
+
+    @property
+    def generation(self) -> int | None:
+        value = (self.raw.get("metadata") or {}).get("generation")
+        return int(value) if value is not None else None
+
+    @property
+    def deleting(self) -> bool:
+        return bool((self.raw.get("metadata") or {}).get("deletionTimestamp"))
+
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        """Older first; ties (same second) broken by kind and name so the order is total."""
+        return (self.created, self.key.kind.value, self.key.name)
+
+
+def _validation_message(error: ValidationError) -> str:
+    problems = []
+    for detail in error.errors():
+        path = ".".join(str(part) for part in detail["loc"]) or "(object)"
+        problems.append(f"{path}: {str(detail['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def observe(kind: Kind, raw: Mapping[str, Any]) -> Observed[Any]:
+    """Parse a listed object; a model that rejects it (e.g. a rule the CRD cannot express, or a
+    CRD older than the operator) gives an Observed with `error` instead of raising."""
+    metadata = raw.get("metadata") or {}
+    key = ObjectKey(kind, str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+    try:
+        model = MODELS[kind].model_validate(raw)
+    except ValidationError as error:
+        return Observed(key=key, raw=raw, model=None, error=_validation_message(error))
+    return Observed(key=key, raw=raw, model=model)
+
+
+@dataclass(frozen=True)
+class SecretView:
+    """A Secret as the pass needs it: its labels and base64-decoded data on demand."""
+
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def of_data(cls, name: str, data: Mapping[str, bytes]) -> SecretView:
+        """A view of decoded values (as `ensure_secret` returns them)."""
+        encoded = {key: base64.b64encode(value).decode() for key, value in data.items()}
+        return cls({"metadata": {"name": name}, "data": encoded})
+
+    @property
+    def name(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("name"))
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (self.raw.get("metadata") or {}).get("labels") or {}
+        return labels
+
+    @property
+    def created(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def value(self, key: str) -> bytes | None:
+        encoded = (self.raw.get("data") or {}).get(key)
+        return None if encoded is None else base64.b64decode(encoded)
+
+    def text(self, key: str) -> str | None:
+        value = self.value(key)
+        return None if value is None else value.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    namespace: str
+    domains: tuple[Observed[MailDomain], ...] = ()
+    mailboxes: tuple[Observed[Mailbox], ...] = ()
+    aliases: tuple[Observed[Alias], ...] = ()
+    dkim_keys: tuple[Observed[DKIMKey], ...] = ()
+    secrets: Mapping[str, SecretView] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        namespace: str,
+        objects: Mapping[Kind, Iterable[Mapping[str, Any]]],
+        secrets: Iterable[Mapping[str, Any]] = (),
+    ) -> Snapshot:
+        def parsed(kind: Kind) -> tuple[Observed[Any], ...]:
+            return tuple(observe(kind, raw) for raw in objects.get(kind, ()))
+
+        views = (SecretView(raw) for raw in secrets)
+        return cls(
+            namespace=namespace,
+            domains=parsed(Kind.MAIL_DOMAIN),
+            mailboxes=parsed(Kind.MAILBOX),
+            aliases=parsed(Kind.ALIAS),
+            dkim_keys=parsed(Kind.DKIM_KEY),
+            secrets={view.name: view for view in views},
+        )
+
+    def all(self) -> tuple[Observed[Any], ...]:
+        return (*self.domains, *self.mailboxes, *self.aliases, *self.dkim_keys)
