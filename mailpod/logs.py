@@ -14,11 +14,13 @@ IMAP `LOGIN user password` cannot be recognised reliably, so protocol code never
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 from typing import Any, TextIO
 
 __all__ = ["REDACTED", "JsonFormatter", "RedactionFilter", "TextFormatter", "setup_logging"]
@@ -42,27 +44,38 @@ _RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_secret(name: str) -> bool:
+    # Cached: field names are few (those in the code, and the keys of logged dicts).
     lowered = name.lower()
     return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
 
 
 def _mask_text(text: str) -> str:
+    # search() first: most strings hold no SASL payload, and sub() costs more even then.
+    if _SASL.search(text) is None:
+        return text
     return _SASL.sub(rf"\g<1>{REDACTED}", text)
+
+
+_SEQUENCES = (list, tuple, set, frozenset)
+_PLAIN = (int, float, bool, type(None))
 
 
 def _redact(value: Any, depth: int = 0) -> Any:
     """Mask secret-named keys and SASL payloads inside an extra field's value."""
-    if depth > 8:  # a self-referencing structure must not hang logging
-        return REDACTED
     if isinstance(value, str):
         return _mask_text(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if depth > 8:  # a self-referencing structure must not hang logging
+        return REDACTED
     if isinstance(value, dict):
         return {
             key: REDACTED if _is_secret(str(key)) else _redact(item, depth + 1)
             for key, item in value.items()
         }
-    if isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, _SEQUENCES):
         return [_redact(item, depth + 1) for item in value]
     return value
 
@@ -72,7 +85,7 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {
         key: value
         for key, value in record.__dict__.items()
-        if key not in _RECORD_FIELDS and not key.startswith("_")
+        if key not in _RECORD_FIELDS and key[:1] != "_"
     }
 
 
@@ -88,13 +101,27 @@ class RedactionFilter(logging.Filter):
         record.msg = _mask_text(message)
         record.args = None
         for key, value in extra_fields(record).items():
-            setattr(record, key, REDACTED if _is_secret(key) else _redact(value))
+            redacted = REDACTED if _is_secret(key) else _redact(value)
+            if redacted is not value:
+                setattr(record, key, redacted)
         return True
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    global _second
+    seconds = int(record.created)
+    cached, text = _second
+    if seconds != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, text)
+    return f"{text}.{int(record.msecs):03d}Z"
+
+
+# default=str: an extra that JSON cannot encode (Path, datetime, an object) still logs.
+_to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -113,8 +140,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = _mask_text(self.formatException(record.exc_info))
         if record.stack_info:
             entry["stack"] = _mask_text(self.formatStack(record.stack_info))
-        # default=str: an extra that JSON cannot encode (Path, datetime, an object) still logs.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _to_json(entry)
 
 
 class TextFormatter(logging.Formatter):

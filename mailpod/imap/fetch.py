@@ -6,12 +6,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from mailpod.imap.backend import MessageInfo
-from mailpod.imap.mime import Part, bodystructure, envelope, parse_message, section_bytes
+from mailpod.imap.mime import (
+    Part,
+    bodystructure,
+    envelope,
+    parse_header,
+    parse_message,
+    section_bytes,
+)
 from mailpod.imap.parser import FetchAttr, Section, format_date_time
 from mailpod.imap.response import render_list
 from mailpod.imap.selected import flags_value
 
-__all__ = ["needs_body", "render_fetch", "sets_seen"]
+__all__ = ["needs_body", "needs_header_only", "render_fetch", "sets_seen"]
 
 _CONTENT = frozenset(
     {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
@@ -23,8 +30,31 @@ _ALIASES = {  # RFC822.* are old names for BODY sections
 }
 
 
+_HEADER_SECTIONS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
 def needs_body(attrs: Sequence[FetchAttr]) -> bool:
     return any(attr.name in _CONTENT for attr in attrs)
+
+
+def _header_only(attr: FetchAttr) -> bool:
+    if attr.name not in _CONTENT:
+        return True
+    if attr.name in ("ENVELOPE", "RFC822.HEADER"):
+        return True
+    section = attr.section
+    return (
+        attr.name == "BODY"
+        and section is not None
+        and not section.parts
+        and section.text in _HEADER_SECTIONS
+    )
+
+
+def needs_header_only(attrs: Sequence[FetchAttr]) -> bool:
+    """The message is needed, but only its top-level header section (ENVELOPE, BODY[HEADER…],
+    RFC822.HEADER): `render_fetch` then takes just that, with `header_only`."""
+    return needs_body(attrs) and all(_header_only(attr) for attr in attrs)
 
 
 def sets_seen(attrs: Sequence[FetchAttr]) -> bool:
@@ -46,16 +76,18 @@ def render_fetch(
     data: bytes | None,
     *,
     add_flags: bool = False,
+    header_only: bool = False,
 ) -> bytes:
-    """`* seq FETCH (...)` with CRLF. `data` is the message (needed if `needs_body`);
-    `add_flags` appends FLAGS when the fetch itself changed them (implicit \\Seen)."""
+    """`* seq FETCH (...)` with CRLF. `data` is the message (needed if `needs_body`), or only
+    its header section when `header_only` (enough if `needs_header_only`); `add_flags` appends
+    FLAGS when the fetch itself changed them (implicit \\Seen)."""
     items: list[bytes] = []
     message: Part | None = None
 
     def parsed() -> Part:
         nonlocal message
         if message is None:
-            message = parse_message(data or b"")
+            message = parse_header(data or b"") if header_only else parse_message(data or b"")
         return message
 
     for attr in attrs:

@@ -7,9 +7,16 @@ connections with their caches. The index serialises their transactions; each ses
 own view of what it has seen (`observer=self`).
 
 The index's blocking work (SQLite with fsync, file renames) runs on a thread pool shared by the
-worker's sessions, so the event loop never waits for a disk. Only the poll's first check — a
-stat of new/ and an in-memory SQLite pragma — runs inline, because IDLE clients call it every
-half second and a thread hop would cost more than the check.
+worker's sessions, so the event loop never waits for a disk. Short reads of the index run
+inline instead, when the index is free at that moment (else on the pool, like the rest): the
+poll's first check (a stat of new/, an in-memory SQLite pragma), which IDLE clients make every
+half second; the poll itself when only commits happened; SELECT when no sync is due; message
+records; cached header sections. The index's pages are in memory and the work is all CPU,
+which a pool thread would do under the same GIL, after two thread switches.
+
+When a user's last session ends, the index stays open for INDEX_LINGER_SECONDS (at most
+MAX_LINGERING of them per worker): clients that log in, do one thing and log out again (mobile
+mail, scripts, the benchmark) then skip re-opening SQLite and re-listing cur/ every time.
 """
 
 from __future__ import annotations
@@ -18,29 +25,60 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from mailpod.imap.backend import Changes, FolderInfo, FolderStatus, MailboxError, MessageInfo
-from mailpod.imap.store import MaildirIndex
+from mailpod.imap.store import Change, MaildirIndex
 from mailpod.storage.maildir import mailbox_dir
 
-__all__ = ["MaildirMailboxSession"]
+__all__ = ["MaildirMailboxSession", "close_idle_indexes"]
 
 _T = TypeVar("_T")
 
 
+class _Busy(Exception):
+    """The index is in use: the work goes to the pool."""
+
+
+INDEX_LINGER_SECONDS = 60.0
+MAX_LINGERING = 64
+
+
 class _Shared:
-    def __init__(self, index: MaildirIndex) -> None:
+    def __init__(self, index: MaildirIndex, executor: concurrent.futures.Executor) -> None:
         self.index = index
+        self.executor = executor
         self.users = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.linger: asyncio.TimerHandle | None = None
 
 
-# Per worker process (one event loop): the open index of each mailbox directory.
+# Per worker process (one event loop): the open index of each mailbox directory, and those of
+# them no session uses any more, oldest first.
 _OPEN: dict[Path, _Shared] = {}
+_LINGERING: OrderedDict[Path, _Shared] = OrderedDict()
+
+
+def _close_index(root: Path, shared: _Shared) -> None:
+    if _OPEN.get(root) is not shared or shared.users:
+        return
+    del _OPEN[root]
+    _LINGERING.pop(root, None)
+    if shared.linger is not None:
+        shared.linger.cancel()
+    # On the pool: the index's lock makes it wait for a transaction still running.
+    with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is ending
+        shared.executor.submit(shared.index.close)
+
+
+def close_idle_indexes() -> None:
+    """Close now the indexes no session uses (they would linger a while)."""
+    for root, shared in list(_LINGERING.items()):
+        _close_index(root, shared)
 
 
 class MaildirMailboxSession:
@@ -63,8 +101,12 @@ class MaildirMailboxSession:
     ) -> MaildirMailboxSession:
         root = mailbox_dir(mail_root, user)
         shared = _OPEN.get(root)
+        if shared is not None and shared.linger is not None:
+            shared.linger.cancel()
+            shared.linger = None
+            _LINGERING.pop(root, None)
         if shared is None:
-            shared = _OPEN[root] = _Shared(MaildirIndex(root, hostname))
+            shared = _OPEN[root] = _Shared(MaildirIndex(root, hostname), executor)
             shared.users += 1
             try:
                 await asyncio.wrap_future(executor.submit(shared.index.open))
@@ -92,6 +134,24 @@ class MaildirMailboxSession:
         future = self._executor.submit(functools.partial(work, *args))
         self._running = future  # type: ignore[assignment]
         return await asyncio.wrap_future(future)
+
+    def _inline(self, work: Callable[..., _T], *args: object) -> _T:
+        """Run quick read-only `work` on the event loop, if the index is free right now."""
+        if self._running is not None and not self._running.done():
+            raise _Busy
+        lock = self._index.lock
+        if not lock.acquire(blocking=False):
+            raise _Busy
+        try:
+            return work(*args)
+        finally:
+            lock.release()
+
+    async def _quick(self, work: Callable[..., _T], *args: object) -> _T:
+        try:
+            return self._inline(work, *args)
+        except _Busy:
+            return await self._run(work, *args)
 
     def _folder(self) -> int:
         if self._selected is None:
@@ -124,12 +184,17 @@ class MaildirMailboxSession:
 
     def _select(self, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
         folder = self._index.folder(name)
-        self._index.sync(folder.id, full=True)
+        self._index.sync(folder.id, verify=True)
         return self._index.messages(folder.id)
 
     async def select(self, name: str) -> tuple[FolderInfo, list[MessageInfo]]:
         self._selected = None
-        folder, messages = await self._run(self._select, name)
+        selected: tuple[FolderInfo, list[MessageInfo]] | None = None
+        with contextlib.suppress(_Busy):
+            selected = self._inline(self._index.select_if_synced, name)
+        if selected is None:
+            selected = await self._run(self._select, name)
+        folder, messages = selected
         self._selected = folder.id
         return folder, messages
 
@@ -144,8 +209,11 @@ class MaildirMailboxSession:
         folder_id = self._folder()
         if self._running is not None and not self._running.done():
             await self._run(lambda: None)  # let the running call finish before looking
-        if not self._index.may_have_changed(folder_id, observer=self):
+        change = self._index.what_changed(folder_id, observer=self)
+        if change is Change.NOTHING:
             return None
+        if change is Change.INDEX:
+            return await self._quick(self._index.changes, folder_id, since_modseq, self)
         return await self._run(self._poll, folder_id, since_modseq)
 
     async def changes(self, since_modseq: int) -> Changes:
@@ -155,18 +223,20 @@ class MaildirMailboxSession:
         return await self._run(self._index.usage_bytes)
 
     async def records(self, uids: Sequence[int]) -> dict[int, MessageInfo]:
-        return await self._run(self._index.records, self._folder(), uids)
-
-    def _read(self, folder_id: int, uids: Sequence[int]) -> dict[int, bytes]:
-        found = {}
-        for uid in uids:
-            data = self._index.read(folder_id, uid)
-            if data is not None:
-                found[uid] = data
-        return found
+        return await self._quick(self._index.records, self._folder(), uids)
 
     async def read(self, uids: Sequence[int]) -> dict[int, bytes]:
-        return await self._run(self._read, self._folder(), uids)
+        return await self._run(self._index.read_many, self._folder(), uids)
+
+    async def read_headers(self, uids: Sequence[int]) -> dict[int, bytes]:
+        folder_id = self._folder()
+        try:
+            found, missing = self._inline(self._index.cached_headers, folder_id, uids)
+        except _Busy:
+            found, missing = {}, list(uids)
+        if missing:
+            found.update(await self._run(self._index.read_many, folder_id, missing, True))
+        return found
 
     async def store(
         self, uids: Sequence[int], mode: str, flags: Collection[str], unchangedsince: int | None
@@ -192,6 +262,19 @@ class MaildirMailboxSession:
             return
         shared.users -= 1
         if shared.users == 0:
-            del _OPEN[root]
+            await self._settle()
+            if shared.users:  # a new session came meanwhile
+                return
+            _LINGERING[root] = shared
+            shared.linger = asyncio.get_running_loop().call_later(
+                INDEX_LINGER_SECONDS, _close_index, root, shared
+            )
+            while len(_LINGERING) > MAX_LINGERING:
+                oldest, first = next(iter(_LINGERING.items()))
+                _close_index(oldest, first)
+
+    async def _settle(self) -> None:
+        """Wait for this session's call still running on the pool (its caller was cancelled)."""
+        if self._running is not None and not self._running.done():
             with contextlib.suppress(Exception):
-                await self._run(self._index.close)
+                await asyncio.wrap_future(self._running)

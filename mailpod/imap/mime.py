@@ -22,7 +22,7 @@ from functools import cached_property
 from mailpod.imap.parser import Section
 from mailpod.imap.response import Value
 
-__all__ = ["Part", "bodystructure", "envelope", "parse_message", "section_bytes"]
+__all__ = ["Part", "bodystructure", "envelope", "parse_header", "parse_message", "section_bytes"]
 
 MAX_DEPTH = 20
 """Nesting beyond this is treated as an opaque leaf: deep MIME is an attack, not a message."""
@@ -137,6 +137,12 @@ def parse_message(data: bytes, depth: int = 0) -> Part:
     part = Part(header, body, depth)
     _parse_children(part)
     return part
+
+
+def parse_header(header: bytes) -> Part:
+    """A message of which only the header section is at hand (as `parse_message` would split
+    it): enough for its fields, ENVELOPE and BODY[HEADER…], not for its structure or body."""
+    return Part(header, b"")
 
 
 def _parse_children(part: Part) -> None:

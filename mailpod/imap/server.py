@@ -36,9 +36,8 @@ from typing import Protocol
 from mailpod import metrics
 from mailpod.config import Listener, ListenerKind
 from mailpod.imap.backend import MailboxError, MailboxSession
-from mailpod.imap.fetch import needs_body, render_fetch, sets_seen
+from mailpod.imap.fetch import needs_body, needs_header_only, render_fetch, sets_seen
 from mailpod.imap.listing import DELIMITER, list_folders
-from mailpod.imap.mime import parse_message
 from mailpod.imap.parser import (
     Append,
     Authenticate,
@@ -64,7 +63,14 @@ from mailpod.imap.parser import (
     parse_command,
 )
 from mailpod.imap.response import astring
-from mailpod.imap.search import Candidate, SearchContext, matches, needs_message
+from mailpod.imap.search import (
+    Candidate,
+    SearchContext,
+    compile_key,
+    index_only_part,
+    needs_message,
+    needs_text,
+)
 from mailpod.imap.selected import BadSequence, SelectedView
 from mailpod.imap.utf7 import decode_mutf7, encode_mutf7
 from mailpod.proxy import ProxyProtocolError, client_address
@@ -87,6 +93,8 @@ KEEPALIVE_INTERVAL = 120.0
 """Untagged OK during IDLE keeps NAT and load-balancer connection tables from forgetting us."""
 FETCH_BATCH = 64
 """Messages read per storage call in FETCH and SEARCH: bounds memory per connection."""
+HEADER_BATCH = 512
+"""The same when only header sections are read (a few KiB each)."""
 FLUSH_AT = 256 * 1024
 MAX_CONNECTIONS_PER_USER = 50
 """Per worker process: a mail client uses a handful, a runaway script hundreds."""
@@ -1013,10 +1021,16 @@ class ImapConnection:
         if with_modseq and not any(a.name == "MODSEQ" for a in attrs):
             attrs = (*attrs, FetchAttr("MODSEQ"))
         want_body = needs_body(attrs)
+        header_only = want_body and needs_header_only(attrs)
         missing = False
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start : start + FETCH_BATCH]
-            contents = await mailbox.read(batch) if want_body else {}
+            if not want_body:
+                contents = {}
+            elif header_only:
+                contents = await mailbox.read_headers(batch)
+            else:
+                contents = await mailbox.read(batch)
             for uid in batch:
                 record = records.get(uid)
                 seq = view.seq_of(uid)
@@ -1026,7 +1040,14 @@ class ImapConnection:
                 if any(a.name == "FLAGS" for a in attrs) or uid in marked:
                     view.flags[uid] = record.flags
                 self.write(
-                    render_fetch(seq, record, attrs, contents.get(uid), add_flags=uid in marked)
+                    render_fetch(
+                        seq,
+                        record,
+                        attrs,
+                        contents.get(uid),
+                        add_flags=uid in marked,
+                        header_only=header_only,
+                    )
                 )
             await self.flush_if_big()
         if missing and not command.uid:
@@ -1089,18 +1110,36 @@ class ImapConnection:
         uids = list(view.uids)
         records = await mailbox.records(uids) if uids else {}
         context = SearchContext(uids, frozenset(view.saved))
-        with_message = needs_message(command.key)
+        key = command.key
+        with_message = needs_message(key)
+        with_text = needs_text(key)
+        # Messages are read only for those that pass the keys the index alone decides
+        # (UNSEEN FROM x reads only unseen messages), and only their headers unless the body
+        # is searched.
+        candidates = [
+            Candidate(seq, records[uid]) for seq, uid in enumerate(uids, 1) if uid in records
+        ]
+        if with_message:
+            cheap = index_only_part(key)
+            if cheap is not None:
+                passes = compile_key(cheap, context)
+                candidates = [c for c in candidates if passes(c)]
+        predicate = compile_key(key, context)
         found: list[int] = []
-        for start in range(0, len(uids), FETCH_BATCH):
-            batch = uids[start : start + FETCH_BATCH]
-            contents = await mailbox.read(batch) if with_message else {}
-            for offset, uid in enumerate(batch):
-                record = records.get(uid)
-                if record is None:
-                    continue
-                message = parse_message(contents[uid]) if uid in contents else None
-                candidate = Candidate(start + offset + 1, record, message)
-                if matches(command.key, candidate, context):
+        step = FETCH_BATCH if with_text else HEADER_BATCH
+        for start in range(0, len(candidates), step):
+            batch = candidates[start : start + step]
+            contents: dict[int, bytes] = {}
+            if with_message:
+                wanted = [c.info.uid for c in batch]
+                contents = await (
+                    mailbox.read(wanted) if with_text else mailbox.read_headers(wanted)
+                )
+            for candidate in batch:
+                uid = candidate.info.uid
+                if uid in contents:
+                    candidate.load(contents[uid], whole=with_text)
+                if predicate(candidate):
                     found.append(uid)
         # RFC 7162 3.1.5: a search by MODSEQ reports the highest MODSEQ among the results.
         modseq = max((records[u].modseq for u in found), default=None) if with_modseq else None

@@ -16,7 +16,15 @@ Why it is safe with several processes and sessions writing at once:
 * SMTP delivers into new/ without touching the index. A session "syncs" a folder: under the
   write lock it moves each unknown new/ file to cur/ (name `<base>:2,<flags>`) and records it.
   A crash between the rename and the commit leaves an unknown file in cur/, which the next full
-  sync (every SELECT) indexes; a crash can lose no message and never renumber one;
+  sync indexes; a crash can lose no message and never renumber one;
+* a full sync (listing cur/) runs at SELECT when cur/ may have changed behind the index's back:
+  the index keeps cur/'s (mtime, inode) as of the last full sync, and every change we make to
+  cur/ under the write lock carries that stamp forward when it was current before the change.
+  So a rename by another tool, a restore or a crash between rename and commit (all of which
+  change cur/'s mtime without carrying the stamp) brings a full sync at the next SELECT; our
+  own flag changes, appends and expunges do not. (A foreign change within the same clock tick as
+  one of ours could hide behind our stamp on kernels without fine-grained directory timestamps;
+  a full sync every FULL_SYNC_INTERVAL per folder and process catches that too.)
 * each commit is fsynced (synchronous=FULL): a UID handed to a client is never handed out again.
 
 Flags: the index is authoritative (keywords only live there). The five system flags are also
@@ -27,7 +35,9 @@ Maildir stays meaningful to other tools and an index rebuilt from the files keep
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
+import functools
 import itertools
 import os
 import re
@@ -36,6 +46,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import TypeVar
@@ -48,9 +59,16 @@ from mailpod.imap.backend import (
     MessageInfo,
 )
 
-__all__ = ["INDEX_NAME", "SPECIAL_USE_FOLDERS", "MaildirIndex", "validate_folder_name"]
+__all__ = ["INDEX_NAME", "SPECIAL_USE_FOLDERS", "Change", "MaildirIndex", "validate_folder_name"]
 
 _T = TypeVar("_T")
+
+
+class Change(enum.Enum):
+    NOTHING = 0
+    INDEX = 1
+    FILES = 2
+
 
 INDEX_NAME = "mailpod-index.sqlite"
 SPECIAL_USE_FOLDERS = {
@@ -69,6 +87,12 @@ MAX_FOLDERS = 10_000
 STAMP_SETTLE_SECONDS = 2.0
 """A directory mtime this recent is not trusted: a file added within the same clock tick as our
 stat would not change it (file systems stamp with a coarse clock)."""
+FULL_SYNC_INTERVAL = 300.0
+"""Seconds after which SELECT lists cur/ again even though its stamp says nothing changed."""
+HEADER_CACHE_BYTES = 4 * 2**20
+"""Per worker process: message header sections kept for SEARCH and header FETCHes (a message's
+file never changes, so an entry never goes stale; least recently used ones go first)."""
+_READ_CHUNK = 8192
 
 _LETTERS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
 _FLAG_LETTERS = {flag: letter for letter, flag in _LETTERS.items()}
@@ -108,6 +132,11 @@ CREATE TABLE IF NOT EXISTS expunged (
     PRIMARY KEY (folder, uid)
 );
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (folder, modseq);
+CREATE TABLE IF NOT EXISTS cur_stamps (
+    folder INTEGER PRIMARY KEY REFERENCES folders(id) ON DELETE CASCADE,
+    mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL
+);
 """
 
 
@@ -120,7 +149,9 @@ def _flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(set(flags)))
 
 
+@functools.lru_cache(maxsize=4096)
 def _flags_of(text: str) -> frozenset[str]:
+    # Cached: a folder's messages share a handful of flag combinations.
     return frozenset(text.split())
 
 
@@ -176,6 +207,80 @@ def _list(path: Path) -> list[str]:
         return []
 
 
+def _dir_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_ino
+
+
+def header_end(data: bytes) -> int | None:
+    """Where the header section of `data` ends (after its blank line), as
+    `mailpod.imap.mime` splits it; None if `data` holds no complete header section."""
+    if data.startswith(b"\r\n"):
+        return 2
+    if data.startswith(b"\n"):
+        return 1
+    ends = [i + 4 for i in (data.find(b"\r\n\r\n"),) if i >= 0]
+    ends += [i + 2 for i in (data.find(b"\n\n"),) if i >= 0]
+    return min(ends) if ends else None
+
+
+def _read_file(path: Path, header_only: bool) -> bytes:
+    """The file's bytes, or only its header section. Raises FileNotFoundError."""
+    with open(path, "rb") as file:
+        if not header_only:
+            return file.read()
+        data = file.read(_READ_CHUNK)
+        while True:
+            end = header_end(data)
+            if end is not None:
+                return data[:end]
+            more = file.read(8 * _READ_CHUNK)
+            if not more:
+                return data  # no blank line: the whole message is header
+            data += more
+
+
+class _HeaderCache:
+    """An LRU of header sections by (mailbox root, Maildir base name), bounded in bytes; used
+    from the event loop and the pool threads alike."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._entries: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> bytes | None:
+        with self._lock:
+            data = self._entries.get(key)
+            if data is not None:
+                self._entries.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, str], data: bytes) -> None:
+        cost = len(data) + 200  # the key, the entry
+        if cost > self.budget // 16:
+            return  # one huge header must not push out everything else
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.used -= len(old) + 200
+            self._entries[key] = data
+            self.used += cost
+            while self.used > self.budget:
+                _, dropped = self._entries.popitem(last=False)
+                self.used -= len(dropped) + 200
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_HEADERS = _HeaderCache(HEADER_CACHE_BYTES)
+
+
 class MaildirIndex:
     """One mailbox's folders and messages. Not thread-safe: one caller at a time (a session
     runs its commands one after another); several instances, in any processes, may share a
@@ -186,14 +291,18 @@ class MaildirIndex:
         host = hostname or socket.gethostname()
         # The Maildir spec escapes "/" and ":"; "," too, since ",S=" follows the host.
         self._host = host.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+        self._key = str(root)
         self._db: sqlite3.Connection | None = None
         self._stamps: dict[int, tuple[int, int]] = {}
+        self._full_synced: dict[int, float] = {}  # folder id -> monotonic time of the last
         # Change detection per observer (each IMAP session sharing this index): the
         # (data_version, our commits) it last saw. data_version only moves for other
         # connections' commits, so our own are counted separately.
         self._commits = 0
         self._seen: dict[object, tuple[int, int]] = {}
-        self._lock = threading.Lock()  # one transaction at a time on the shared connection
+        # One transaction at a time on the shared connection. Re-entrant: a session may hold it
+        # around a quick read it runs on the event loop (see `lock`).
+        self._lock = threading.RLock()
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -233,6 +342,12 @@ class MaildirIndex:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by whoever uses the connection; a caller that gets it without waiting may run
+        short reads in its own thread."""
+        return self._lock
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -451,34 +566,124 @@ class MaildirIndex:
         """Cheap (a stat and an in-memory pragma): could a sync or `changes()` find anything
         that `observer` has not seen? True when new/ changed since the last look, or anyone
         committed since `observer`'s last `changes()`."""
-        with self._lock:
+        return self.what_changed(folder_id, observer) is not Change.NOTHING
+
+    def what_changed(self, folder_id: int, observer: object = None) -> Change:
+        """`may_have_changed`, told apart: FILES when new/ may hold deliveries to index (or we
+        cannot tell: the index is busy), INDEX when only commits happened, which `changes()`
+        alone reports. Never waits for the index."""
+        if not self._lock.acquire(blocking=False):
+            return Change.FILES
+        try:
             version = self.db.execute("PRAGMA data_version").fetchone()[0]
-            if (version, self._commits) != self._seen.get(observer):
-                return True
+            committed = (version, self._commits) != self._seen.get(observer)
             stamp = self._stamps.get(folder_id)
             row = self.db.execute("SELECT name FROM folders WHERE id = ?", (folder_id,)).fetchone()
-        if stamp is None or row is None:
-            return True
-        return self._stamp(self._path(row[0])) != stamp
+        finally:
+            self._lock.release()
+        if stamp is None or row is None or self._stamp(self._path(row[0])) != stamp:
+            return Change.FILES
+        return Change.INDEX if committed else Change.NOTHING
 
-    def sync(self, folder_id: int, full: bool = False) -> None:
-        """Index what SMTP delivered into new/ (and, when `full`, reconcile cur/ with the index:
-        adopt unknown files, forget files that are gone)."""
+    def sync(self, folder_id: int, full: bool = False, verify: bool = False) -> None:
+        """Index what SMTP delivered into new/ and, when `full`, reconcile cur/ with the index
+        (adopt unknown files, forget files that are gone). `verify`: full only if cur/ may have
+        changed behind the index's back (see the module doc)."""
         with self._read() as db:
             path = self._folder_path(db, folder_id)
+            if verify and not full:
+                full = self._cur_unverified(db, folder_id, path)
         before = self._stamp(path)
         new_names = _list(path / "new")
-        cur_names = _list(path / "cur") if full else []
         if before is None:
             _make_maildir(path, folder=path != self.root)
-        if new_names or full:
+        if full:
             with self._write() as db:
+                # Listed under the write lock: every change our writers make to cur/ is then
+                # either in this listing or after it (and carries the stamp forward).
+                cur_before = _dir_stamp(path / "cur")
+                cur_names = _list(path / "cur")
                 self._index_files(db, folder_id, path, new_names, cur_names, full)
+                cur_after = _dir_stamp(path / "cur")
+                if cur_after is not None and cur_before is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO cur_stamps VALUES (?, ?, ?)",
+                        (folder_id, *cur_after),
+                    )
+            self._full_synced[folder_id] = time.monotonic()
+        elif new_names:
+            with self._write() as db, self._changing_cur(db, folder_id, path):
+                self._index_files(db, folder_id, path, new_names, [], full)
         # Only a stamp old enough to be reliable lets the next poll skip listing new/.
         if before is not None and time.time() - before[0] / 1e9 > STAMP_SETTLE_SECONDS:
             self._stamps[folder_id] = before
         else:
             self._stamps.pop(folder_id, None)
+
+    def _cur_unverified(self, db: sqlite3.Connection, folder_id: int, path: Path) -> bool:
+        """Could cur/ hold changes the index does not know of?"""
+        last = self._full_synced.get(folder_id)
+        if last is None or time.monotonic() - last > FULL_SYNC_INTERVAL:
+            return True
+        row = db.execute(
+            "SELECT mtime_ns, ino FROM cur_stamps WHERE folder = ?", (folder_id,)
+        ).fetchone()
+        return row is None or tuple(row) != _dir_stamp(path / "cur")
+
+    @contextlib.contextmanager
+    def _changing_cur(self, db: sqlite3.Connection, folder_id: int, path: Path) -> Iterator[None]:
+        """Around our own change to cur/, inside a write transaction: if the index was in step
+        with cur/ before it, it still is after it, so the next SELECT need not list cur/."""
+        before = _dir_stamp(path / "cur")
+        row = db.execute(
+            "SELECT mtime_ns, ino FROM cur_stamps WHERE folder = ?", (folder_id,)
+        ).fetchone()
+        yield
+        if before is not None and row is not None and tuple(row) == before:
+            after = _dir_stamp(path / "cur")
+            if after is not None and after != before:
+                db.execute(
+                    "UPDATE cur_stamps SET mtime_ns = ?, ino = ? WHERE folder = ?",
+                    (*after, folder_id),
+                )
+
+    def select_if_synced(self, name: str) -> tuple[FolderInfo, list[MessageInfo]] | None:
+        """`messages()` of folder `name` if no sync is due (nothing in new/, cur/ verified);
+        None otherwise. Reads only: quick enough for the event loop."""
+        with self._read() as db:
+            folder = self._folder_row(db, name)
+            if folder is None:
+                return None
+            path = self._path(name)
+            if self._cur_unverified(db, folder.id, path) or _list(path / "new"):
+                return None
+        return self.messages(folder.id)
+
+    def cached_headers(
+        self, folder_id: int, uids: Sequence[int]
+    ) -> tuple[dict[int, bytes], list[int]]:
+        """The header sections the cache has (no file is read), and the UIDs it has not."""
+        with self._read() as db:
+            self._folder_path(db, folder_id)  # NONEXISTENT for a deleted folder
+            bases: dict[int, str] = {}
+            for chunk in _chunks(uids):
+                for uid, base in db.execute(
+                    _in("SELECT uid, base FROM messages WHERE folder = ? AND uid IN", chunk),
+                    (folder_id, *chunk),
+                ):
+                    bases[uid] = base
+        found: dict[int, bytes] = {}
+        missing: list[int] = []
+        for uid in uids:
+            base = bases.get(uid)
+            if base is None:
+                continue  # expunged
+            data = _HEADERS.get((self._key, base))
+            if data is None:
+                missing.append(uid)
+            else:
+                found[uid] = data
+        return found, missing
 
     def _index_files(
         self,
@@ -630,6 +835,15 @@ class MaildirIndex:
     def records(self, folder_id: int, uids: Sequence[int]) -> dict[int, MessageInfo]:
         found: dict[int, MessageInfo] = {}
         with self._read() as db:
+            if len(uids) > _CHUNK:  # most of the folder, as SEARCH asks: one scan, no IN (…)
+                wanted = set(uids)
+                for uid, flags, modseq, internaldate, size in db.execute(
+                    "SELECT uid, flags, modseq, internaldate, size FROM messages WHERE folder = ?",
+                    (folder_id,),
+                ):
+                    if uid in wanted:
+                        found[uid] = MessageInfo(uid, _flags_of(flags), modseq, internaldate, size)
+                return found
             for chunk in _chunks(uids):
                 for uid, flags, modseq, internaldate, size in db.execute(
                     _in(
@@ -687,6 +901,44 @@ class MaildirIndex:
                 continue
         return None
 
+    def read_many(
+        self, folder_id: int, uids: Sequence[int], header_only: bool = False
+    ) -> dict[int, bytes]:
+        """The bytes (or header sections) of the messages still there: one query for all their
+        file names, header sections from the cache when it has them."""
+        with self._read() as db:
+            path = self._folder_path(db, folder_id)
+            rows: dict[int, tuple[str, str]] = {}
+            for chunk in _chunks(uids):
+                for uid, base, filename in db.execute(
+                    _in(
+                        "SELECT uid, base, filename FROM messages WHERE folder = ? AND uid IN",
+                        chunk,
+                    ),
+                    (folder_id, *chunk),
+                ):
+                    rows[uid] = (base, filename)
+        found: dict[int, bytes] = {}
+        for uid in uids:
+            row = rows.get(uid)
+            if row is None:
+                continue
+            base, filename = row
+            key = (self._key, base)
+            data = _HEADERS.get(key) if header_only else None
+            if data is None:
+                try:
+                    data = _read_file(path / filename, header_only)
+                except FileNotFoundError:  # renamed by a flag change elsewhere, or expunged
+                    data = self.read(folder_id, uid)
+                    if data is not None and header_only:
+                        data = data[: header_end(data) or len(data)]
+                if data is not None and header_only:
+                    _HEADERS.put(key, data)
+            if data is not None:
+                found[uid] = data
+        return found
+
     # --- changing -----------------------------------------------------------------------------
 
     def store(
@@ -715,28 +967,29 @@ class MaildirIndex:
                     (folder_id, *chunk),
                 ).fetchall()
             modseq = 0
-            for uid, text, old_modseq, internaldate, size, base, filename in sorted(rows):
-                if unchangedsince is not None and old_modseq > unchangedsince:
-                    refused.append(uid)
-                    continue
-                old = _flags_of(text)
-                new = old | wanted if mode == "+" else old - wanted if mode == "-" else wanted
-                if new == old:
-                    continue
-                modseq = modseq or self._bump(db, folder_id)
-                target = filename
-                if _letters(new) != _letters(old):
-                    target = f"cur/{base}:2,{_letters(new)}"
-                    try:
-                        os.rename(path / filename, path / target)
-                    except FileNotFoundError:
-                        target = filename  # gone from disk: the next full sync forgets it
-                db.execute(
-                    "UPDATE messages SET flags = ?, modseq = ?, filename = ?"
-                    " WHERE folder = ? AND uid = ?",
-                    (_flags_text(new), modseq, target, folder_id, uid),
-                )
-                changed.append(MessageInfo(uid, new, modseq, internaldate, size))
+            with self._changing_cur(db, folder_id, path):
+                for uid, text, old_modseq, internaldate, size, base, filename in sorted(rows):
+                    if unchangedsince is not None and old_modseq > unchangedsince:
+                        refused.append(uid)
+                        continue
+                    old = _flags_of(text)
+                    new = old | wanted if mode == "+" else old - wanted if mode == "-" else wanted
+                    if new == old:
+                        continue
+                    modseq = modseq or self._bump(db, folder_id)
+                    target = filename
+                    if _letters(new) != _letters(old):
+                        target = f"cur/{base}:2,{_letters(new)}"
+                        try:
+                            os.rename(path / filename, path / target)
+                        except FileNotFoundError:
+                            target = filename  # gone from disk: the next full sync forgets it
+                    db.execute(
+                        "UPDATE messages SET flags = ?, modseq = ?, filename = ?"
+                        " WHERE folder = ? AND uid = ?",
+                        (_flags_text(new), modseq, target, folder_id, uid),
+                    )
+                    changed.append(MessageInfo(uid, new, modseq, internaldate, size))
         return changed, refused
 
     def _new_base(self, size: int) -> str:
@@ -768,7 +1021,7 @@ class MaildirIndex:
         try:
             os.utime(tmp, (when, when))
             target = f"cur/{base}:2,{_letters(flags)}"
-            with self._write() as db:
+            with self._write() as db, self._changing_cur(db, folder.id, path):
                 os.rename(tmp, path / target)
                 _fsync_dir(path / "cur")
                 modseq = self._bump(db, folder.id)
@@ -795,7 +1048,7 @@ class MaildirIndex:
         new_uids: list[int] = []
         created: list[Path] = []
         try:
-            with self._write() as db:
+            with self._write() as db, contextlib.ExitStack() as stack:
                 source_path = self._folder_path(db, folder_id)
                 target_path = self._folder_path(db, destination.id)
                 rows = []
@@ -811,6 +1064,9 @@ class MaildirIndex:
                 rows.sort()
                 if not rows:
                     return destination.uidvalidity, [], []
+                stack.enter_context(self._changing_cur(db, destination.id, target_path))
+                if move:
+                    stack.enter_context(self._changing_cur(db, folder_id, source_path))
                 modseq = self._bump(db, destination.id)
                 for uid, text, internaldate, size, filename in rows:
                     flags = _flags_of(text)
@@ -860,9 +1116,10 @@ class MaildirIndex:
             # Files go before the commit: a crash in between leaves index entries without
             # files, which the next full sync forgets; never files without entries, which it
             # would bring back.
-            for _, filename in rows:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path / filename)
+            with self._changing_cur(db, folder_id, path):
+                for _, filename in rows:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path / filename)
             removed = [uid for uid, _ in rows]
             self._tombstone(db, folder_id, removed, self._bump(db, folder_id))
         return removed

@@ -7,8 +7,9 @@ directory names are lower-cased (domain and local part alike).
 
 Delivery follows the Maildir protocol: `body()` writes and fsyncs one file per recipient in tmp/,
 `commit()` renames them into new/ and fsyncs each new/ directory, so once `commit()` returns every
-copy survives a crash (and a power loss, on storage that honours fsync). Readers (IMAP) only look
-at new/ and cur/: a file in tmp/ is never seen, so an unacknowledged message is never delivered.
+copy survives a crash (and a power loss, on storage that honours fsync). `deliver()` does both
+in one trip to the thread pool. Readers (IMAP) only look at new/ and cur/: a file in tmp/ is
+never seen, so an unacknowledged message is never delivered.
 
 File names are `<time>.M<usec>P<pid>Q<counter>.<host>,S=<size>`; `,S=` is the Maildir++ size, so
 quota is computed from a directory listing without a stat per file.
@@ -59,11 +60,13 @@ _in_flight: set[str] = set()
 """Names of tmp/ files this process has written and not yet published or discarded."""
 
 
+@functools.lru_cache(maxsize=4096)
 def mailbox_dir(mail_root: Path, mailbox: str) -> Path:
     """The mailbox's own directory (its INBOX Maildir), lower-cased.
 
     Addresses are validated upstream; this still refuses any name that could step outside
-    mail_root or pass for a Maildir++ folder (empty, leading dot, "/", NUL). Raises ValueError."""
+    mail_root or pass for a Maildir++ folder (empty, leading dot, "/", NUL). Raises ValueError.
+    Cached: it runs for every recipient of every message, and Path joins are not cheap."""
     local, at, domain = mailbox.rpartition("@")
     if not at:
         raise ValueError(f"not an address: {mailbox!r}")
@@ -130,10 +133,14 @@ class _Copy:
         return self.maildir / "new" / self.name
 
 
+class _Withdrawn(Exception):
+    """deliver() was cancelled before its copies were published: they were removed instead."""
+
+
 class _State(Enum):
     OPEN = "open"
     WRITTEN = "written"
-    FAILED = "failed"  # body() or commit() raised or was cancelled: only abort() is left
+    FAILED = "failed"  # body(), commit() or deliver() raised or was cancelled: only abort() left
     COMMITTED = "committed"
     ABORTED = "aborted"
 
@@ -168,15 +175,8 @@ class MaildirDelivery:
     async def body(self, message: Message) -> None:
         """Write and fsync every recipient's copy into tmp/ (invisible to readers)."""
         self._expect(_State.OPEN, "body")
-        self._state = _State.WRITTEN
-        size = message.size()
-        for maildir, (mailbox, recipient) in self._recipients.items():
-            header = self._return_path + f"Delivered-To: {recipient.rcpt}\r\n".encode()
-            name = self._storage._new_name(len(header) + size)
-            self._copies.append(_Copy(mailbox, maildir, name, header, len(header) + size))
-        if not self._copies:
+        if not self._plan(message):
             return
-        _in_flight.update(copy.name for copy in self._copies)
         write = functools.partial(
             self._storage._write_copies, self._copies, message.header_prefix, message.data
         )
@@ -200,6 +200,45 @@ class MaildirDelivery:
                 raise
         self._committed()
 
+    async def deliver(self, message: Message) -> None:
+        """body() then commit() as one task on the thread pool instead of two (one thread hop per
+        message, not two): the same writes, fsyncs and renames in the same order. When it
+        returns, every copy is durable in new/; if it raises or is cancelled, abort() is left,
+        as after a failed body() or commit()."""
+        self._expect(_State.OPEN, "deliver")
+        if self._plan(message):
+            work = functools.partial(
+                self._storage._deliver_copies,
+                self._copies,
+                message.header_prefix,
+                message.data,
+                # Cancelled while writing (the client went away): publish nothing, as body()
+                # then commit() would not have.
+                lambda: self._state is _State.WRITTEN,
+            )
+            try:
+                # Both the write and the publication: abort() waits for it, and takes it as
+                # published if it succeeded.
+                self._writing = self._publishing = self._storage._submit(work)
+                await _io(self._publishing)
+            except BaseException:
+                self._state = _State.FAILED
+                raise
+        self._committed()
+
+    def _plan(self, message: Message) -> bool:
+        """Name every recipient's copy; False if there is none to write."""
+        self._state = _State.WRITTEN
+        size = message.size()
+        for maildir, (mailbox, recipient) in self._recipients.items():
+            header = self._return_path + f"Delivered-To: {recipient.rcpt}\r\n".encode()
+            name = self._storage._new_name(len(header) + size)
+            self._copies.append(_Copy(mailbox, maildir, name, header, len(header) + size))
+        if not self._copies:
+            return False
+        _in_flight.update(copy.name for copy in self._copies)
+        return True
+
     async def abort(self) -> None:
         """Drop the unpublished copies. A no-op after commit() (and safe to call twice).
 
@@ -208,10 +247,14 @@ class MaildirDelivery:
         if self._state in (_State.COMMITTED, _State.ABORTED):
             return
         self._state = _State.ABORTED
-        # A cancelled body()/commit() leaves its thread running: wait for it before cleaning up.
-        running = [op for op in (self._writing, self._publishing) if op is not None]
+        # A cancelled body()/commit()/deliver() leaves its thread running: wait for it first.
+        running = [op for op in {self._writing, self._publishing} if op is not None]
         if running:
-            await asyncio.wait([asyncio.wrap_future(op) for op in running])
+            waiting = [asyncio.wrap_future(op) for op in running]
+            await asyncio.wait(waiting)
+            for done in waiting:  # their errors were reported, or are moot: no "never retrieved"
+                if not done.cancelled():
+                    done.exception()
         published = self._publishing
         if published is not None and not published.cancelled() and published.exception() is None:
             # commit() was cancelled after its renames went through: the copies are delivered,
@@ -255,9 +298,9 @@ class _Usage:
 class MaildirStorage:
     """The `DeliveryTarget` for local mailboxes, plus their quota usage and crash recovery.
 
-    Blocking file I/O runs on a private thread pool (one task per body()/commit(), not per file),
-    sized for fsync latency rather than CPU; a private pool also keeps other to_thread users
-    (password hashing) from delaying deliveries. Call `close()` when done."""
+    Blocking file I/O runs on a private thread pool (one task per body(), commit() or deliver(),
+    not per file), sized for fsync latency rather than CPU; a private pool also keeps other
+    to_thread users (password hashing) from delaying deliveries. Call `close()` when done."""
 
     def __init__(
         self,
@@ -417,6 +460,19 @@ class MaildirStorage:
             # Maildir++ marks folders so that readers do not take them for mailboxes.
             os.close(os.open(maildir / "maildirfolder", os.O_WRONLY | os.O_CREAT, FILE_MODE))
         self._ready.add(maildir)
+
+    def _deliver_copies(
+        self,
+        copies: Sequence[_Copy],
+        prefix: Sequence[bytes],
+        data: bytes,
+        wanted: Callable[[], bool],
+    ) -> None:
+        self._write_copies(copies, prefix, data)
+        if not wanted():
+            _discard(copies)
+            raise _Withdrawn
+        self._publish_copies(copies)
 
     @staticmethod
     def _publish_copies(copies: Sequence[_Copy]) -> None:

@@ -357,7 +357,9 @@ def idle_memory(pod: MailpodProcess, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
+    parser.add_argument(
+        "--clients", type=int, nargs="*", default=[10, 50], help="none: IDLE memory only"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--idle", type=int, default=1000)

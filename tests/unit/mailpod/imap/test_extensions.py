@@ -255,4 +255,7 @@ async def test_sessions_of_one_user_share_an_index_and_see_each_other(server: Se
     assert await second.exchange(b"n3 NOOP") == [b"n3 OK NOOP completed\r\n"]
     await second.exchange(b"o LOGOUT")
     await asyncio.sleep(0.05)
-    assert not maildir_backend._OPEN  # the last session closed the shared index
+    # The last session gone, the index lingers for the next login, then closes.
+    assert [shared.users for shared in maildir_backend._OPEN.values()] == [0]
+    maildir_backend.close_idle_indexes()
+    assert not maildir_backend._OPEN

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from mailpod.imap.backend import Changes, FolderInfo, MessageInfo
 from mailpod.imap.listing import list_folders
-from mailpod.imap.mime import parse_message
+from mailpod.imap.mime import parse_header, parse_message
 from mailpod.imap.parser import Search, parse_command
-from mailpod.imap.search import Candidate, SearchContext, matches, needs_message
+from mailpod.imap.search import (
+    Candidate,
+    SearchContext,
+    compile_key,
+    index_only_part,
+    matches,
+    needs_message,
+    needs_text,
+)
 from mailpod.imap.selected import SelectedView
 
 MESSAGE = parse_message(
@@ -21,7 +29,19 @@ def search(program: str, flags: frozenset[str] = frozenset(), seq: int = 1) -> b
     assert isinstance(command, Search)
     info = MessageInfo(10, flags, 5, 1_709_633_472.0, 1234)
     message = MESSAGE if needs_message(command.key) else None
-    return matches(command.key, Candidate(seq, info, message), SearchContext([3, 10, 12]))
+    context = SearchContext([3, 10, 12])
+    result = matches(command.key, Candidate(seq, info, message), context)
+    # The compiled form the server uses answers the same.
+    assert compile_key(command.key, context)(Candidate(seq, info, message)) == result
+    if message is not None and not needs_text(command.key):
+        # Header keys need only the header section.
+        header_only = Candidate(seq, info, parse_header(MESSAGE.header))
+        assert matches(command.key, header_only, context) == result
+    # A message failing the keys the index decides fails the whole program.
+    cheap = index_only_part(command.key)
+    if cheap is not None and not matches(cheap, Candidate(seq, info), context):
+        assert not result
+    return result
 
 
 def test_search_keys() -> None:
@@ -40,6 +60,28 @@ def test_search_keys() -> None:
     assert search("KEYWORD $Work", frozenset({"$Work"})) and search("UNKEYWORD $Work")
     assert search("MODSEQ 5") and not search("MODSEQ 6")
     assert not search("NEW") and search("OLD")
+    assert search("UNSEEN FROM j@x") and not search("SEEN FROM j@x")
+    assert not search("UNSEEN FROM nobody") and search("NOT FROM nobody")
+
+
+def test_header_prefilter_never_hides_a_match() -> None:
+    """The raw-header look before parsing fields: folded lines, case and encoded words."""
+    message = parse_header(
+        b"From: Someone\r\n  Folded <a@b.test>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+        b"X-Tag: STRASSE\r\n\r\n"
+    )
+    info = MessageInfo(1, frozenset(), 1, 0.0, 10)
+    context = SearchContext([1])
+    for program, expected in [
+        ('FROM "Someone  Folded"', True),
+        ('SUBJECT "grüsse"', True),  # encoded word, and ß case-folds to ss
+        ('HEADER X-Tag "straße"', True),
+        ("FROM nobody", False),
+        ("SUBJECT nothing", False),
+    ]:
+        command = parse_command(f"a SEARCH CHARSET UTF-8 {program}".encode())
+        assert isinstance(command, Search)
+        assert matches(command.key, Candidate(1, info, message), context) is expected, program
 
 
 def folder(name: str, special: str | None = None, subscribed: bool = True) -> FolderInfo:

@@ -15,6 +15,7 @@ import pytest
 
 from mailpod.config import Listener, ListenerKind, MailpodConfig
 from mailpod.directory import Directory
+from mailpod.imap import maildir_backend
 from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
 from mailpod.imap.server import ImapServer
@@ -123,6 +124,7 @@ async def server(
     await asyncio.sleep(0.05)  # let the handlers see EOF and finish
     listening.close()
     await listening.wait_closed()
+    maildir_backend.close_idle_indexes()
 
 
 async def connect(listening: asyncio.Server, login: bool = True) -> Client:

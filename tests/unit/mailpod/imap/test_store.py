@@ -311,3 +311,48 @@ def test_status_counts(index: MaildirIndex, mail_root: Path) -> None:
     status = index.status("INBOX")
     assert (status.messages, status.unseen, status.deleted, status.uidnext) == (3, 2, 1, 4)
     assert status.size == sum(m.size for m in index.messages(inbox.id)[1])
+
+
+def test_select_lists_cur_only_when_it_changed_behind_the_index(
+    index: MaildirIndex, mail_root: Path
+) -> None:
+    deliver(mail_root, 2)
+    folder = index.folder("INBOX")
+    assert index.select_if_synced("INBOX") is None  # new mail waits in new/
+    index.sync(folder.id, verify=True)
+    assert index.select_if_synced("INBOX") is not None
+    # Our own changes to cur/ (here and through another index, as another worker) carry the
+    # stamp forward: no listing of cur/ is due.
+    index.store(folder.id, [1], "+", {"\\Seen"})
+    index.append("INBOX", b"Subject: x\r\n\r\nx\r\n", {"\\Deleted"}, None)
+    other = open_index(mail_root)
+    try:
+        other.store(folder.id, [2], "+", {"\\Flagged"})
+    finally:
+        other.close()
+    assert index.expunge(folder.id) == [3]
+    selected = index.select_if_synced("INBOX")
+    assert selected is not None and [m.uid for m in selected[1]] == [1, 2]
+    # Another tool renames a file (mutt changing flags) and drops one in: a full sync follows.
+    cur = mailbox_dir(mail_root, USER) / "cur"
+    name = next(n for n in os.listdir(cur) if n.endswith(":2,S"))
+    os.rename(cur / name, cur / name.replace(":2,S", ":2,RS"))
+    (cur / "1700000000.M1P1.elsewhere:2,").write_bytes(b"Subject: restored\r\n\r\nx\r\n")
+    assert index.select_if_synced("INBOX") is None
+    index.sync(folder.id, verify=True)
+    selected = index.select_if_synced("INBOX")
+    assert selected is not None and [m.uid for m in selected[1]] == [1, 2, 4]
+    assert index.read(folder.id, 1) is not None  # the renamed file was followed
+
+
+def test_header_sections_are_read_alone_and_cached(index: MaildirIndex) -> None:
+    long_header = b"Subject: s\r\nX-Long: " + b"y" * 20_000 + b"\r\n\r\n"
+    messages = [b"Subject: a\r\n\r\nbody\r\n\r\nmore", b"\r\nno header", long_header + b"b"]
+    for data in messages:
+        index.append("INBOX", data, (), None)
+    folder = index.folder("INBOX")
+    headers = index.read_many(folder.id, [1, 2, 3, 9], header_only=True)
+    assert headers == {1: b"Subject: a\r\n\r\n", 2: b"\r\n", 3: long_header}
+    assert index.read_many(folder.id, [1, 2, 3]) == dict(enumerate(messages, 1))
+    found, missing = index.cached_headers(folder.id, [1, 2, 3, 9])
+    assert found == headers and missing == []

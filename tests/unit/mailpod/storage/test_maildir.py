@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from mailpod.errors import SmtpError
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.storage import MaildirStorage, maildir_path
 from mailpod.storage import maildir as maildir_module
+from mailpod.storage.maildir import MaildirDelivery
 
 HOST = "mx.example.test"
 NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)\.mx\.example\.test,S=(\d+)$")
@@ -310,6 +311,113 @@ async def test_abort_waits_for_a_cancelled_body(
     release.set()
     await aborting
     assert all_tmp(storage.mail_root) == []
+
+
+async def start_two(storage: MaildirStorage) -> MaildirDelivery:
+    delivery = await storage.start(envelope())
+    await delivery.add_rcpt(rcpt("alice@example.com"))
+    await delivery.add_rcpt(rcpt("bob@example.com", folder="Junk"))
+    return delivery
+
+
+async def test_deliver_is_body_and_commit_in_one_pool_task(
+    storage: MaildirStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted = []
+    submit = storage._submit
+
+    def counting(work: Callable[[], object]) -> object:
+        submitted.append(work)
+        return submit(work)
+
+    monkeypatch.setattr(storage, "_submit", counting)
+    delivery = await start_two(storage)
+    message = Message(data=DATA)
+    message.prepend("Received: from client")
+    await delivery.deliver(message)
+    assert len(submitted) == 1
+    for address, folder in (("alice@example.com", ""), ("bob@example.com", "Junk")):
+        (path,) = mail(storage, address, folder)
+        assert path.read_bytes() == (
+            b"Return-Path: <s@example.org>\r\n"
+            + f"Delivered-To: {address}\r\n".encode()
+            + b"Received: from client\r\n"
+            + DATA
+        )
+    assert all_tmp(storage.mail_root) == []
+    await delivery.abort()  # a no-op once delivered
+    assert len(mail(storage, "alice@example.com")) == 1
+    for step in (delivery.body(message), delivery.commit(), delivery.deliver(message)):
+        with pytest.raises(RuntimeError):
+            await step
+
+
+async def test_deliver_without_recipients_is_a_no_op(storage: MaildirStorage) -> None:
+    delivery = await storage.start(envelope())
+    await delivery.deliver(Message(data=DATA))
+    assert list(storage.mail_root.rglob("*/*")) == []
+
+
+@pytest.mark.parametrize("failing", ["fsync", "second rename"])
+async def test_a_failed_deliver_leaves_nothing(
+    storage: MaildirStorage, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    rename = os.rename
+    renames = 0
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_fails(source: Path, target: Path) -> None:
+        nonlocal renames
+        renames += 1
+        if renames == 2:
+            raise OSError(errno.EIO, "I/O error")
+        rename(source, target)
+
+    delivery = await start_two(storage)
+    if failing == "fsync":
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        monkeypatch.setattr(os, "rename", second_fails)
+    with pytest.raises(SmtpError) as caught:
+        await delivery.deliver(Message(data=DATA))
+    assert caught.value.code == (452 if failing == "fsync" else 451)
+    await delivery.abort()
+    assert all_tmp(storage.mail_root) == []
+    assert list(storage.mail_root.rglob("new/*")) == []
+
+
+@pytest.mark.parametrize("cancelled_while", ["writing", "publishing"])
+async def test_a_cancelled_deliver_publishes_only_if_it_got_that_far(
+    storage: MaildirStorage, monkeypatch: pytest.MonkeyPatch, cancelled_while: str
+) -> None:
+    reached, release = threading.Event(), threading.Event()
+    step = "_write_copies" if cancelled_while == "writing" else "_publish_copies"
+    original = getattr(storage, step)
+
+    def slow(*args: object) -> None:
+        original(*args)
+        reached.set()
+        release.wait(5)  # done, but the caller is cancelled before it hears so
+
+    monkeypatch.setattr(storage, step, slow)
+    delivery = await start_two(storage)
+    delivering = asyncio.create_task(delivery.deliver(Message(data=DATA)))
+    assert await asyncio.to_thread(reached.wait, 5)
+    delivering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivering
+    aborting = asyncio.create_task(delivery.abort())
+    await asyncio.sleep(0.05)
+    assert not aborting.done()  # the thread is still going
+    release.set()
+    await aborting
+    assert all_tmp(storage.mail_root) == []
+    published = list(storage.mail_root.rglob("new/*"))
+    # Cancelled before the renames: nothing is delivered (the client, which got no 250, sends
+    # it again). After them: the copies stay, as after a cancelled commit().
+    assert len(published) == (0 if cancelled_while == "writing" else 2)
 
 
 # Quota
