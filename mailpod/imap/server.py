@@ -276,7 +276,7 @@ class ImapServer:
                 # A load balancer's PROXY header comes in clear before the TLS handshake, so a
                 # PROXY-protocol IMAPS listener must be served without `ssl=`: TLS starts here.
                 try:
-                    await writer.start_tls(self.tls, ssl_handshake_timeout=30)
+                    await _start_tls_keeping_buffered(reader, writer, self.tls)
                 except (ssl.SSLError, ConnectionError, TimeoutError) as error:
                     log.info("tls handshake failed from %s: %s", client_ip, error)
                     return
@@ -1246,3 +1246,36 @@ def _names_to_storage(command: Command) -> Command:
     if isinstance(command, ListCommand):
         changes["patterns"] = tuple(encode_mutf7(p) for p in command.patterns)
     return dataclasses.replace(command, **changes) if changes else command  # type: ignore[arg-type]
+
+
+async def _start_tls_keeping_buffered(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext
+) -> None:
+    """`writer.start_tls`, except that bytes the StreamReader already holds are handed to TLS.
+
+    A load balancer sends the PROXY header and the client's ClientHello back to back; when both
+    arrive in one read, the ClientHello sits in the reader's buffer, which start_tls ignores, and
+    the handshake would stall."""
+    # No public way to take the buffered bytes back from a StreamReader.
+    buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+    leftover = bytes(buffered)
+    buffered.clear()
+    raw = writer.transport
+    starting = asyncio.ensure_future(writer.start_tls(context, ssl_handshake_timeout=30))
+    if leftover:
+        # start_tls swaps in the SSL protocol synchronously and queues its connection_made;
+        # once it has run that far, queue the buffered bytes right behind it.
+        await asyncio.sleep(0)
+
+        def feed() -> None:
+            protocol = raw.get_protocol()
+            view = memoryview(leftover)
+            while view:
+                buffer = protocol.get_buffer(len(view))  # type: ignore[attr-defined]
+                size = min(len(buffer), len(view))
+                buffer[:size] = view[:size]
+                protocol.buffer_updated(size)  # type: ignore[attr-defined]
+                view = view[size:]
+
+        asyncio.get_running_loop().call_soon(feed)
+    await starting
