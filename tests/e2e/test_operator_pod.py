@@ -49,7 +49,7 @@ from letterbox.api.settings import OperatorSettings
 from letterbox.handlers.operator import run_operator
 from letterbox.kube import AsyncKube, Kube, NotFound
 from letterbox.render.workload import RESTART_CHECKSUM_ANNOTATION
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, REPO
 from tests.e2e.test_kube_rbac import allowed, role, role_binding
 from tests.e2e.test_operator import RECONCILE_RULES
 from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
@@ -398,6 +398,15 @@ class TemplatePod:
             self.materialise()
         scratch = self.root / "scratch"
         scratch.mkdir(exist_ok=True)
+        # The "image" is this machine's own install: a mount over a directory holding it (the
+        # emptyDir on /tmp, when the checkout lives under /tmp) would hide mailpod itself, so
+        # such a mount is left out and the host directory serves instead.
+        installed = [str(Path(sys.prefix).resolve()), str(REPO.resolve())]
+        self.mounts = [
+            m
+            for m in self.mounts
+            if not any(path.startswith(m.target.rstrip("/") + "/") for path in installed)
+        ]
         # Mounts over a directory holding our own files (the emptyDir on /tmp, where these temp
         # dirs live) go last, or they would hide the sources of the others.
         held = [str(m.source) for m in self.mounts] + [str(scratch)]
