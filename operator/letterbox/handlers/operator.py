@@ -62,6 +62,7 @@ PASS_FAILED_DELAY = 5.0
 # queues the requests instead; its watch streams (one per kind, and Secrets) hold a connection
 # each, so the limit leaves plenty for the writes.
 KOPF_CONNECTIONS = 24
+KOPF_LIST_CHUNK = 500
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
@@ -80,6 +81,9 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.scanning.disabled = True
     if ours.peering:
         kopf_settings.peering.name = ours.peering
+    # The initial listing in pages: unpaged, kopf holds all 10,000 Mailboxes of a namespace as
+    # one parsed list (tens of MB) for as long as it watches.
+    kopf_settings.watching.chunk_size = KOPF_LIST_CHUNK
     # Default 60 s backoffs would make a transient API error cost a minute of readiness.
     kopf_settings.execution.default_backoff = PASS_FAILED_DELAY
 

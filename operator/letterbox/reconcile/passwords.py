@@ -117,6 +117,11 @@ class VerifiedHashes:
             return known[1]
         return None
 
+    def changed(self, address: str, password: str) -> bool:
+        """True if another password of `address` was verified before: `password` is new."""
+        known = self._known.get(address)
+        return known is not None and known[0] != self._digest(password)
+
     def remember(self, address: str, password: str, password_hash: str) -> None:
         self._known[address] = (self._digest(password), password_hash)
 

@@ -87,6 +87,29 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+# What a pass reads of a listed object besides its model: identity and age, the generation,
+# deletion, and the stored status (compared and written back under its resourceVersion).
+_KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def _slim(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a listed object a pass needs after parsing it. A listed object carries its
+    managedFields and annotations (kopf's diff-base is a copy of the spec), several KiB that a
+    10,000-object namespace would otherwise hold in every pass."""
+    metadata = raw.get("metadata") or {}
+    slim: dict[str, Any] = {key: raw[key] for key in ("apiVersion", "kind", "status") if key in raw}
+    slim["metadata"] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+    return slim
+
+
 def observe(kind: Kind, raw: Mapping[str, Any]) -> Observed[Any]:
     """Parse a listed object; a model that rejects it (e.g. a rule the CRD cannot express, or a
     CRD older than the operator) gives an Observed with `error` instead of raising."""
@@ -95,8 +118,14 @@ def observe(kind: Kind, raw: Mapping[str, Any]) -> Observed[Any]:
     try:
         model = MODELS[kind].model_validate(raw)
     except ValidationError as error:
-        return Observed(key=key, raw=raw, model=None, error=_validation_message(error))
-    return Observed(key=key, raw=raw, model=model)
+        return Observed(key=key, raw=_slim(raw), model=None, error=_validation_message(error))
+    return Observed(key=key, raw=_slim(raw), model=model)
+
+
+def _slim_secret(raw: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = raw.get("metadata") or {}
+    kept = {k: metadata[k] for k in ("name", "labels", "creationTimestamp") if k in metadata}
+    return {"metadata": kept, "data": raw.get("data") or {}}
 
 
 @dataclass(frozen=True)
@@ -152,7 +181,7 @@ class Snapshot:
         def parsed(kind: Kind) -> tuple[Observed[Any], ...]:
             return tuple(observe(kind, raw) for raw in objects.get(kind, ()))
 
-        views = (SecretView(raw) for raw in secrets)
+        views = (SecretView(_slim_secret(raw)) for raw in secrets)
         return cls(
             namespace=namespace,
             domains=parsed(Kind.MAIL_DOMAIN),
