@@ -112,6 +112,23 @@ class Storage(Model):
     """The outbound queue (remote recipients)."""
 
 
+class ResolverConfig(Model):
+    """DNS as the pod's checks and outbound delivery see it (one shared async resolver)."""
+
+    nameservers: tuple[str, ...] = ()
+    """host or host:port entries; empty uses /etc/resolv.conf."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    cache_entries: Annotated[int, Field(ge=0)] = 10_000
+
+
+class OutboundConfig(Model):
+    """The outbound queue, remote delivery, DKIM signing, bounces, SRS and smarthosts."""
+
+
+class InboundChecks(Model):
+    """SPF, DKIM verification, DMARC, ARC and abuse defences on inbound mail."""
+
+
 class MailpodConfig(Model):
     version: int = CONFIG_VERSION
     hostname: Domain
@@ -126,6 +143,9 @@ class MailpodConfig(Model):
     storage: Storage
     trusted_proxies: tuple[IpNetwork, ...] = ()
     """Peers allowed to send a PROXY header carrying the real client address."""
+    resolver: ResolverConfig = Field(default_factory=ResolverConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    checks: InboundChecks = Field(default_factory=InboundChecks)
 
     @field_validator("version")
     @classmethod
