@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STATE_DIR ?= .letterbox-state
 # System packages the suite runs for real (see ../shared/PEERS.md); installed once per machine.
-APT_PACKAGES ?= swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl isync
+APT_PACKAGES ?= swaks libnet-ssleay-perl libauthen-sasl-perl openssl curl isync \
+  pdns-server pdns-backend-sqlite3 bind9 bind9-utils dnsutils pebble python3-spf
 PYTEST_ARGS ?=
 
 .PHONY: all venv system-deps lint format crds run test unit e2e k8s-binaries clean

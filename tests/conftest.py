@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.harness.powerdns import PowerDns
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -25,3 +28,11 @@ def expectations(path: Path, where: str) -> list[str]:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def powerdns() -> Iterator[PowerDns]:
+    """One real PowerDNS (API + RFC 2136 + queries) for the session; tests create their own
+    zones in it, under names no other test uses."""
+    with PowerDns() as server:
+        yield server
