@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mailpod import __version__
 from mailpod.config import ConfigError, load_config
+from mailpod.queue import cli as queue_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config and exit")
     check.add_argument("--config", action="append", required=True, type=Path, metavar="PATH")
+    queue_cli.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "queue":
+        return queue_cli.run(args)
     try:
         if args.command == "check-config":
             config = load_config(args.config)

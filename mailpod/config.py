@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,6 +66,10 @@ class Listener(Model):
 class TlsConfig(Model):
     cert_file: Path
     key_file: Path
+    secret_name: str | None = None
+    """The kubernetes.io/tls Secret the files are mounted from. With the config read from the API,
+    the pod watches it too, so a renewed certificate is served within seconds rather than at the
+    kubelet's next volume sync."""
 
 
 class Mailbox(Model):
@@ -112,6 +117,15 @@ class Storage(Model):
     """The outbound queue (remote recipients)."""
 
 
+class PurgedMailbox(Model):
+    """A deleted mailbox whose stored mail every pod removes from its volume (the Mailbox had
+    deletionPolicy Delete). Only listed addresses are ever removed, so Retain is the default."""
+
+    address: Address
+    since: datetime
+    """When the deletion was requested; the operator stops listing it after a while."""
+
+
 class ResolverConfig(Model):
     """DNS as the pod's checks and outbound delivery see it (one shared async resolver)."""
 
@@ -121,12 +135,130 @@ class ResolverConfig(Model):
     cache_entries: Annotated[int, Field(ge=0)] = 10_000
 
 
+class RelayHost(Model):
+    """A smarthost: where mail leaves when port 25 is blocked. TLS is always required (implicit
+    on 465, STARTTLS otherwise) and its certificate verified."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    username: str | None = None
+    password_file: Path | None = None
+    """The relay password, read at connect time (a mounted Secret key; never in the config)."""
+    domains: tuple[Domain, ...] = ()
+    """Recipient domains routed through this relay; empty: every remote domain (global)."""
+
+
 class OutboundConfig(Model):
     """The outbound queue, remote delivery, DKIM signing, bounces, SRS and smarthosts."""
 
+    enabled: bool = True
+    """Queue remote recipients of authenticated and forwarded mail; off: they get 451 4.4.3."""
+    lifetime_seconds: Annotated[float, Field(gt=0)] = 5 * 86400.0
+    retry_initial_seconds: Annotated[float, Field(gt=0)] = 300.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    max_connections_per_destination: Annotated[int, Field(ge=1)] = 10
+    max_messages_per_connection: Annotated[int, Field(ge=1)] = 100
+    max_messages_per_second_per_destination: Annotated[float, Field(ge=0)] = 0.0
+    """0 is unlimited."""
+    max_deliveries: Annotated[int, Field(ge=1)] = 200
+    """Concurrent connections over all destinations."""
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    command_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    """The port remote MXs are contacted on: 25 except in tests."""
+    mta_sts_port: Annotated[int, Field(ge=1, le=65535)] = 443
+    """The HTTPS port MTA-STS policies are fetched from: 443 except in tests."""
+    ca_file: Path | None = None
+    """Extra trusted CAs (PEM) for MTA-STS, DANE-less verified TLS and relays; tests only."""
+    relays: tuple[RelayHost, ...] = ()
+    srs_domain: Domain | None = None
+    """Forwarded mail's envelope sender is rewritten into this domain (SRS); None: no SRS."""
+    srs_secret_files: tuple[Path, ...] = ()
+    """SRS HMAC keys, one per file (a mounted Secret): the first signs, every one verifies, so
+    a rotation lists the new key first and keeps the previous one until old bounces are done."""
+    srs_max_age_days: Annotated[int, Field(ge=1, le=1000)] = 21
+
+    @model_validator(mode="after")
+    def _srs_needs_a_key(self) -> OutboundConfig:
+        if self.srs_domain is not None and not self.srs_secret_files:
+            raise ValueError("srs_domain needs at least one srs_secret_files entry")
+        return self
+
+
+class RateLimit(Model):
+    """At most `count` events per `seconds` (a token bucket: bursts up to `count`)."""
+
+    count: Annotated[int, Field(ge=1)]
+    seconds: Annotated[float, Field(gt=0)]
+
+
+class RateLimits(Model):
+    """Per worker process; each key is the client IP or its /24 (IPv6: /64). None disables."""
+
+    connections_per_ip: RateLimit | None = RateLimit(count=60, seconds=60)
+    connections_per_network: RateLimit | None = RateLimit(count=300, seconds=60)
+    messages_per_ip: RateLimit | None = RateLimit(count=120, seconds=60)
+    messages_per_network: RateLimit | None = RateLimit(count=600, seconds=60)
+
+
+class DnsListKind(StrEnum):
+    IP = "ip"  # <reversed client IP>.<zone>
+    DOMAIN = "domain"  # <MAIL FROM domain>.<zone> and <HELO>.<zone>
+
+
+class DnsList(Model):
+    """A DNSBL (positive weight) or DNSWL (negative weight) zone."""
+
+    zone: Domain
+    kind: DnsListKind = DnsListKind.IP
+    weight: int = 1
+    answers: tuple[ipaddress.IPv4Address, ...] = ()
+    """Only these A answers count (e.g. 127.0.0.2); empty: any 127.0.0.0/8 answer."""
+
+
+class Greylisting(Model):
+    """Temporarily refuse an unknown (client /24, sender, recipient) triplet once."""
+
+    enabled: bool = False
+    delay_seconds: Annotated[float, Field(ge=0)] = 300.0
+    retry_window_seconds: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    pass_seconds: Annotated[float, Field(gt=0)] = 36 * 86400.0
+    """How long a triplet that retried stays known."""
+
 
 class InboundChecks(Model):
-    """SPF, DKIM verification, DMARC, ARC and abuse defences on inbound mail."""
+    """SPF, DKIM verification, DMARC, ARC and abuse defences on inbound mail (port 25 only;
+    authenticated submission is never checked here)."""
+
+    enabled: bool = True
+    """False turns every inbound check off (no Authentication-Results either)."""
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    dmarc_enforce: bool = True
+    """Act on p=reject (550 5.7.1 at end of DATA) and p=quarantine (Junk); else only record."""
+    junk_folder: str = "Junk"
+    arc: bool = True
+    trusted_arc_sealers: tuple[Domain, ...] = ()
+    """ARC sealers (d= of a passing chain) whose recorded pass overrides a DMARC failure."""
+    spf_fail_reject: bool = False
+    """Reject SPF fail outright at MAIL FROM (else DMARC decides)."""
+    helo_checks: bool = True
+    """Refuse malformed HELO names, IP literals that are not the client's, and our own names."""
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    dnsbl: tuple[DnsList, ...] = ()
+    dnsbl_threshold: Annotated[int, Field(ge=1)] = 1
+    """Refuse the client when the weights of the lists naming it add up to this."""
+    greylisting: Greylisting = Field(default_factory=Greylisting)
+    exempt_networks: tuple[IpNetwork, ...] = (
+        ipaddress.IPv4Network("127.0.0.0/8"),
+        ipaddress.IPv6Network("::1/128"),
+    )
+    """Clients the abuse defences (rate limits, DNSBL, greylisting, HELO) leave alone."""
+    state_dir: Path | None = None
+    """DMARC report data and the greylist; default <mail_root>/.inbound."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+    """Overall time for the end-of-DATA checks; beyond it they count as temperror."""
 
 
 class MailpodConfig(Model):
@@ -146,6 +278,7 @@ class MailpodConfig(Model):
     resolver: ResolverConfig = Field(default_factory=ResolverConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     checks: InboundChecks = Field(default_factory=InboundChecks)
+    purged_mailboxes: tuple[PurgedMailbox, ...] = ()
 
     @field_validator("version")
     @classmethod
@@ -170,6 +303,11 @@ class MailpodConfig(Model):
             if alias.address in seen:
                 raise ValueError(f"{alias.address} is both a mailbox and an alias, or listed twice")
             seen.add(alias.address)
+        # Maildirs are named in lower case: a listed address must not share one with a mailbox.
+        in_use = {mailbox.address.lower() for mailbox in self.mailboxes}
+        for purged in self.purged_mailboxes:
+            if purged.address.lower() in in_use:
+                raise ValueError(f"{purged.address} is a mailbox: its stored mail cannot be purged")
         tls_kinds = {
             ListenerKind.SUBMISSION,
             ListenerKind.SUBMISSIONS,

@@ -49,6 +49,7 @@ __all__ = [
     "RECEIVED_BYTES",
     "RECIPIENTS",
     "REGISTRY",
+    "TLS_NOT_AFTER",
     "ReloadResult",
     "Result",
     "init_listener",
@@ -139,6 +140,13 @@ CONFIG_LAST_RELOAD = Gauge(
     "Unix time of the last successful configuration load.",
     registry=REGISTRY,
     multiprocess_mode="livemax",
+)
+TLS_NOT_AFTER = Gauge(
+    "mailpod_tls_certificate_not_after_timestamp_seconds",
+    "Unix time the served TLS certificate expires (alert when it comes near).",
+    registry=REGISTRY,
+    # The oldest among live workers: a worker still serving an old certificate shows.
+    multiprocess_mode="livemin",
 )
 
 

@@ -24,15 +24,17 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailpod import metrics
+from mailpod import dkim, metrics
 from mailpod.auth import Authenticator, AuthResult
+from mailpod.checks.inbound import InboundChecker
 from mailpod.config import Listener, ListenerKind, MailpodConfig, load_config
-from mailpod.errors import SmtpError
+from mailpod.dns import CachingResolver
 from mailpod.imap import tlsbuffer
 from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
@@ -42,9 +44,13 @@ from mailpod.kubesource import KubeConfigSource, KubeSourceSettings
 from mailpod.ops import start_ops_server
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.proxy import is_trusted
+from mailpod.queue.service import OutboundService
+from mailpod.queue.store import RemoteRecipient
 from mailpod.smtp.handler import MailSMTP, SmtpHandler
 from mailpod.state import PodState, Snapshot
 from mailpod.storage.maildir import MaildirStorage
+from mailpod.storage.purge import purge_mailboxes
+from mailpod.tls import TlsSecretSource
 
 log = logging.getLogger("mailpod.server")
 # aiosmtpd logs every command line at INFO (and deprecation noise at WARNING); our handler writes
@@ -79,10 +85,14 @@ class PodRuntime:
         config = self.state.snapshot.config
         self.hostname = config.hostname
         self.authenticator = Authenticator(config)
+        # One resolver per worker (shared cache and coalescing); its settings apply at start.
+        self.resolver = CachingResolver(config.resolver)
+        self.inbound = InboundChecker(lambda: self.state.snapshot.config, self.resolver)
         self.storage = MaildirStorage(config.storage.mail_root, hostname=config.hostname)
         # IMAP index work (SQLite with fsync, renames) off the event loop; sized for disk
         # latency, and separate from the password-hashing threads.
         self.imap_pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="imap")
+        self.outbound = OutboundService(lambda: self.state.snapshot.config, self.imap_pool)
 
     async def open_mailbox(self, user: str) -> MailboxSession:
         config = self.state.snapshot.config
@@ -97,6 +107,7 @@ class PodRuntime:
         changed = self.state.maybe_reload()
         if changed:
             self.authenticator.update(self.state.snapshot.config)
+            self.purge(self.state.snapshot.config)
         if changed is not None:
             metrics.CONFIG_RELOADS.labels(result="ok" if changed else "error").inc()
         return changed
@@ -105,7 +116,14 @@ class PodRuntime:
         """A new valid config from the API."""
         if self.state.use_config(config, source="api"):
             self.authenticator.update(config)
+            self.purge(config)
             metrics.CONFIG_RELOADS.labels(result="ok").inc()
+
+    def purge(self, config: MailpodConfig) -> None:
+        """Remove the mail of deleted mailboxes the config lists, off the event loop."""
+        if config.purged_mailboxes:
+            addresses = [purged.address for purged in config.purged_mailboxes]
+            self.imap_pool.submit(purge_mailboxes, config.storage.mail_root, addresses)
 
     def config_refused(self, _error: Exception) -> None:
         metrics.CONFIG_RELOADS.labels(result="error").inc()
@@ -120,30 +138,58 @@ class PodRuntime:
         metrics.AUTH_FAILURES.labels(mechanism=mechanism, reason=reason).inc()
 
     def check_remote_accepted(self, address: str) -> None:
-        # The outbound queue lands with its own issue; until then remote recipients get a clear
-        # temporary error (the client keeps the message and retries), never silent loss.
-        raise SmtpError(
-            451,
-            "4.4.3",
-            "Remote delivery is not enabled on this server yet",
-            f"no outbound queue for {address}",
-        )
+        # Only ever reached for authenticated senders and alias expansions (never a relay).
+        self.outbound.check_accepted(address)
 
     async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool:
         return await self.storage.over_quota(mailbox, quota_bytes, incoming)
 
     async def deliver(
-        self, envelope: Envelope, local: dict[str, list[LocalRecipient]], message: Message
+        self,
+        envelope: Envelope,
+        local: dict[str, list[LocalRecipient]],
+        message: Message,
+        *,
+        remote: Sequence[RemoteRecipient] = (),
+        dsn: Mapping[str, str] | None = None,
     ) -> None:
-        delivery = await self.storage.start(envelope)
+        # Modifiers: DKIM-sign what authenticated users submit from a domain with keys.
+        dkim.sign_submission(self.state.snapshot.dkim, envelope, message)
+        # Queued copies are written (fsync'd) first and published last: a failure in between
+        # leaves neither a queued message nor, after abort, local copies.
+        queued = await self.outbound.prepare(envelope, message, remote, dsn) if remote else None
         try:
-            for recipients in local.values():
-                for recipient in recipients:
-                    await delivery.add_rcpt(recipient)
-            await delivery.deliver(message)  # body() and commit() in one thread-pool task
+            if local:
+                delivery = await self.storage.start(envelope)
+                try:
+                    for recipients in local.values():
+                        for recipient in recipients:
+                            await delivery.add_rcpt(recipient)
+                    await delivery.deliver(message)  # body() and commit() in one pool task
+                except BaseException:
+                    await delivery.abort()
+                    raise
+            if queued is not None:
+                await self.outbound.commit(queued)
         except BaseException:
-            await delivery.abort()
+            if queued is not None:
+                await self.outbound.abort(queued)
             raise
+
+    async def deliver_dsn(self, address: str, data: bytes) -> None:
+        """A delivery status notification from the queue into a local sender's mailbox."""
+        mailboxes = self.state.snapshot.directory.resolve(address).local
+        if not mailboxes:
+            raise ValueError(f"{address} is not a local mailbox")
+        envelope = Envelope(
+            session_id="dsn",
+            client_ip="127.0.0.1",
+            helo=self.hostname,
+            mail_from="",
+            received_at=datetime.now(UTC),
+        )
+        local = {address: [LocalRecipient(rcpt=address, mailbox=m) for m in mailboxes]}
+        await self.deliver(envelope, local, Message(data=data))
 
     def count_message(
         self, kind: ListenerKind, result: str, size: int = 0, seconds: float = 0.0
@@ -249,10 +295,16 @@ async def serve(
             runtime.reload()
 
     tasks = [asyncio.create_task(reload_loop())]
+    # Every worker enqueues; the one holding the queue's lock also delivers (another takes over
+    # if it dies).
+    tasks.append(asyncio.create_task(runtime.outbound.run(stop, runtime.deliver_dsn)))
     if api is not None:
         # Started after the listeners: the files already serve, the API catches up.
         source = KubeConfigSource(api, runtime.use_config, runtime.config_refused)
         tasks.append(asyncio.create_task(source.run(), name="config from the API"))
+        if config.tls is not None and config.tls.secret_name:
+            tls_source = TlsSecretSource(api, config.tls.secret_name, state.use_tls_pair)
+            tasks.append(asyncio.create_task(tls_source.run(), name="tls from the API"))
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -269,6 +321,7 @@ def run(config_paths: list[Path], workers: int, api: KubeSourceSettings | None =
     """Bind, recover, fork `workers` processes and supervise them until SIGTERM."""
     config: MailpodConfig = load_config(config_paths)
     MaildirStorage(config.storage.mail_root, hostname=config.hostname).recover()
+    purge_mailboxes(config.storage.mail_root, [p.address for p in config.purged_mailboxes])
     sockets = [bind(listener) for listener in config.listeners]
     for listener, sock in zip(config.listeners, sockets, strict=True):
         host, port = sock.getsockname()[:2]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailpod.config import ConfigError, MailpodConfig, load_config
 from mailpod.directory import Directory
+from mailpod.dkim import DkimKeyring
+from mailpod.tls import load_files, load_pair, record_certificate
 
 log = logging.getLogger("mailpod.config")
 
@@ -26,6 +28,11 @@ def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
 class Snapshot:
     config: MailpodConfig
     directory: Directory
+    dkim: DkimKeyring = field(init=False)
+    """Signing keys read once per snapshot, not per message."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dkim", DkimKeyring.load(self.config.dkim_keys))
 
 
 class PodState:
@@ -69,10 +76,22 @@ class PodState:
             return
         if self.tls is None:
             self.tls = server_tls_context(tls.cert_file, tls.key_file)
+            record_certificate(tls.cert_file.read_bytes())
         else:
-            self.tls.load_cert_chain(tls.cert_file, tls.key_file)
+            load_files(self.tls, tls.cert_file, tls.key_file)  # checked before it goes live
         self._tls_stamp = stamp
         log.info("tls certificate loaded", extra={"cert": str(tls.cert_file)})
+
+    def use_tls_pair(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """A certificate from the TLS Secret through the API, ahead of the mounted copy."""
+        if self.tls is None:
+            return
+        try:
+            not_after = load_pair(self.tls, cert_pem, key_pem)
+        except (ssl.SSLError, ValueError) as error:
+            log.error("tls certificate from the API refused, keeping the old one: %s", error)
+            return
+        log.info("tls certificate loaded", extra={"source": "api", "not_after": str(not_after)})
 
     def maybe_reload(self) -> bool | None:
         """Reload when the config files changed: True on success, False when the new config is

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import email.utils
 import functools
 import inspect
@@ -18,6 +19,7 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
@@ -26,10 +28,12 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from mailpod import metrics
+from mailpod.checks.inbound import InboundTransaction
 from mailpod.config import ListenerKind
 from mailpod.errors import SmtpError, internal_error
 from mailpod.pipeline import Envelope as PipelineEnvelope
 from mailpod.pipeline import LocalRecipient, Message
+from mailpod.queue.store import Notify, RemoteRecipient
 from mailpod.smtp.addresses import check_recipient_syntax, parse_path
 from mailpod.smtp.data import read_data
 from mailpod.smtp.runtime import SmtpRuntime
@@ -41,6 +45,7 @@ log = logging.getLogger("mailpod.smtp")
 DATA_READ_LIMIT = 64 * 1024
 
 AUTH_REQUIRED = SmtpError(530, "5.7.0", "Authentication required")
+DSN_PARAMS = ("RET", "ENVID", "NOTIFY", "ORCPT")
 NOT_YOURS = SmtpError(553, "5.7.1", "Sender address not owned by the authenticated user")
 
 
@@ -50,7 +55,9 @@ class MailEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.local: dict[str, list[LocalRecipient]] = {}
-        self.remote: list[str] = []
+        self.remote: list[RemoteRecipient] = []
+        self.dsn: dict[str, str] = {}  # RFC 3461 RET and ENVID of MAIL FROM
+        self.inbound: InboundTransaction | None = None  # the MX's checks (mailpod.checks)
 
 
 class MailSession(Session):
@@ -86,6 +93,17 @@ class MailSMTP(SMTP):
                 # Behind a trusted load balancer every client shares its address: no limit.
                 if isinstance(transport, asyncio.WriteTransport):
                     transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+                transport.close()
+                return
+            refusal = None
+            if self.event_handler.kind is ListenerKind.SMTP and not (
+                self.event_handler.runtime.is_trusted_proxy(self._peer_ip)
+            ):
+                # Behind a trusted proxy the real client is only known from its header.
+                refusal = self.event_handler.runtime.inbound.connection_refusal(self._peer_ip)
+            if refusal is not None:
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(refusal.reply().encode() + b"\r\n")
                 transport.close()
                 return
             self._counted = True
@@ -168,6 +186,15 @@ class MailSMTP(SMTP):
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        # aiosmtpd refuses parameters it does not know; on submission the RFC 3461 ones (DSN)
+        # are ours: taken out here, read by the MAIL/RCPT hooks from the options they get.
+        found = super()._getparams(params)
+        if found is not None and self.event_handler.submission:
+            for name in DSN_PARAMS:
+                found.pop(name, None)
+        return found
+
     def _create_envelope(self) -> MailEnvelope:
         return MailEnvelope()
 
@@ -206,6 +233,23 @@ def _date_now() -> str:
     return _date[1]
 
 
+def _dsn_params(options: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """The named RFC 3461 parameters among MAIL/RCPT options (aiosmtpd upper-cases them)."""
+    found = {}
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() in names and value:
+            found[name.upper()] = value
+    return found
+
+
+def _remote(address: str, rcpt: str, options: list[str]) -> RemoteRecipient:
+    """A remote recipient with the NOTIFY the client gave for `rcpt` (RFC 3461 §4.1)."""
+    notify = _dsn_params(options, ("NOTIFY",)).get("NOTIFY", "")
+    values = frozenset(Notify(v) for v in notify.split(",") if v in Notify.__members__)
+    return RemoteRecipient(address, orcpt=rcpt, notify=values)
+
+
 def _has_bare_line_ending(data: bytes) -> bool:
     """True if any CR or LF is not part of a CRLF pair, or a NUL is present: the raw material
     of SMTP smuggling (CVE-2023-51764/5/6, CVE-2024-27305)."""
@@ -237,7 +281,14 @@ class SmtpHandler:
         # Only a trusted load balancer may tell us the client's address.
         # The TCP peer (the load balancer), not the address its header claims.
         peer = session.peer
-        return self.runtime.is_trusted_proxy(str(peer[0]) if isinstance(peer, tuple) else "")
+        if not self.runtime.is_trusted_proxy(str(peer[0]) if isinstance(peer, tuple) else ""):
+            return False
+        if self.kind is ListenerKind.SMTP:
+            refusal = self.runtime.inbound.connection_refusal(self.client_ip(session))
+            if refusal is not None:
+                self._log_reject(session, "PROXY", "", refusal)
+                return False
+        return True
 
     async def handle_EHLO(
         self,
@@ -252,6 +303,8 @@ class SmtpHandler:
         tls_active = session.ssl is not None or self.kind is ListenerKind.SUBMISSIONS
         if self.submission and tls_active:
             extensions.append("250-AUTH LOGIN PLAIN")
+        if self.submission:
+            extensions.append("250-DSN")
         extensions += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         return [responses[0], *extensions, "250 HELP"]
 
@@ -349,11 +402,17 @@ class SmtpHandler:
                     raise SmtpError(550, "5.7.1", "Account disabled", f"{user} suspended or gone")
                 if address and not directory.may_send_as(user, address):
                     raise NOT_YOURS
+            elif isinstance(envelope, MailEnvelope):
+                envelope.inbound = await self.runtime.inbound.mail(
+                    self.client_ip(session), session.host_name or "", address
+                )
         except SmtpError as error:
             self._log_reject(session, "MAIL", address, error)
             return error.reply()
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        if self.submission and isinstance(envelope, MailEnvelope):
+            envelope.dsn = _dsn_params(options, ("RET", "ENVID"))
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(
@@ -365,7 +424,9 @@ class SmtpHandler:
         options: list[str],
     ) -> str:
         try:
-            await self._check_rcpt(session, envelope, address)
+            await self._check_rcpt(session, envelope, address, options)
+            if not self.submission:
+                await self.runtime.inbound.rcpt(envelope.inbound, address)
         except SmtpError as error:
             self._log_reject(session, "RCPT", address, error)
             return error.reply()
@@ -376,7 +437,9 @@ class SmtpHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Recipient OK"
 
-    async def _check_rcpt(self, session: MailSession, envelope: MailEnvelope, address: str) -> None:
+    async def _check_rcpt(
+        self, session: MailSession, envelope: MailEnvelope, address: str, options: list[str]
+    ) -> None:
         snapshot = self.runtime.snapshot()
         config, directory = snapshot.config, snapshot.directory
         if len(envelope.rcpt_tos) >= config.limits.max_recipients:
@@ -387,8 +450,8 @@ class SmtpHandler:
         if not directory.is_local_domain(domain):
             if user is None:
                 raise SmtpError(550, "5.7.1", "Relaying denied", f"remote rcpt {address}")
-            envelope.remote.append(address)
             self.runtime.check_remote_accepted(address)
+            envelope.remote.append(_remote(address, address, options))
             return
         resolution = directory.resolve(address)
         if not resolution.found:
@@ -405,7 +468,7 @@ class SmtpHandler:
         envelope.local[address] = [
             LocalRecipient(rcpt=address, mailbox=m) for m in resolution.local
         ]
-        envelope.remote.extend(resolution.remote)
+        envelope.remote.extend(_remote(r, address, options) for r in resolution.remote)
 
     @staticmethod
     def _declared_size(envelope: Envelope) -> int:
@@ -431,10 +494,28 @@ class SmtpHandler:
             user = self._user(session)
             if self.submission and user is not None:
                 self._check_from_header(user, data)
+            local = envelope.local
+            checks: dict[str, str] = {}
+            authentication_results = None
+            if not self.submission:
+                outcome = await self.runtime.inbound.data(envelope.inbound, data)
+                data, checks = outcome.data, outcome.summary
+                authentication_results = outcome.header
+                if outcome.folder:  # DMARC quarantine
+                    local = {
+                        rcpt: [dataclasses.replace(r, folder=outcome.folder) for r in targets]
+                        for rcpt, targets in local.items()
+                    }
             message = Message(data=data)
+            if authentication_results is not None:
+                message.prepend(authentication_results)
             message.prepend(self._received(session, envelope))
             await self.runtime.deliver(
-                self._pipeline_envelope(session, envelope), envelope.local, message
+                self._pipeline_envelope(session, envelope),
+                local,
+                message,
+                remote=envelope.remote,
+                dsn=envelope.dsn,
             )
         except SmtpError as error:
             self._log_transaction(session, envelope, error.reply(), error.reason, started)
@@ -447,7 +528,7 @@ class SmtpHandler:
             self.runtime.count_message(self.kind, "tempfail")
             return failure.reply()
         reply = f"250 2.0.0 Ok: queued as {session.id}"
-        self._log_transaction(session, envelope, reply, "", started)
+        self._log_transaction(session, envelope, reply, "", started, checks)
         self.runtime.count_message(self.kind, "accepted", len(data), time.monotonic() - started)
         return reply
 
@@ -513,7 +594,13 @@ class SmtpHandler:
         )
 
     def _log_transaction(
-        self, session: MailSession, envelope: Envelope, result: str, reason: str, started: float
+        self,
+        session: MailSession,
+        envelope: Envelope,
+        result: str,
+        reason: str,
+        started: float,
+        checks: dict[str, str] | None = None,
     ) -> None:
         log.info(
             "transaction",
@@ -529,6 +616,7 @@ class SmtpHandler:
                 "result": result,
                 "reason": reason,
                 "ms": round((time.monotonic() - started) * 1000, 1),
+                **({"checks": checks} if checks else {}),
             },
         )
 

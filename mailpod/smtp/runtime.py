@@ -3,10 +3,13 @@ authentication, quota, delivery and metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from mailpod.checks.inbound import InboundChecker
 from mailpod.config import ListenerKind
 from mailpod.pipeline import Envelope, LocalRecipient, Message
+from mailpod.queue.store import RemoteRecipient
 from mailpod.state import Snapshot
 
 
@@ -20,6 +23,8 @@ class AuthOutcome(Protocol):
 
 class SmtpRuntime(Protocol):
     hostname: str
+    inbound: InboundChecker
+    """The MX's checks (port 25 only)."""
 
     def snapshot(self) -> Snapshot: ...
 
@@ -35,9 +40,16 @@ class SmtpRuntime(Protocol):
     async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool: ...
 
     async def deliver(
-        self, envelope: Envelope, local: dict[str, list[LocalRecipient]], message: Message
+        self,
+        envelope: Envelope,
+        local: dict[str, list[LocalRecipient]],
+        message: Message,
+        *,
+        remote: Sequence[RemoteRecipient] = (),
+        dsn: Mapping[str, str] | None = None,
     ) -> None:
-        """Durably store/queue the message for every recipient, or raise."""
+        """Durably store the message for every local recipient and queue it for every remote
+        one (with the RFC 3461 RET/ENVID in `dsn`), or raise."""
 
     def count_message(
         self, kind: ListenerKind, result: str, size: int = 0, seconds: float = 0.0

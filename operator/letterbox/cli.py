@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -252,9 +253,42 @@ def cmd_operator(args: argparse.Namespace) -> None:
     )
     kube = Kube.connect(args.kubeconfig, field_manager=settings.kopf.field_manager)
     try:
-        asyncio.run(run_operator(AsyncKube(kube), settings))
+        asyncio.run(run_operator(AsyncKube(kube), settings, liveness_endpoint=args.liveness))
     finally:
         kube.close()
+
+
+def cmd_web(args: argparse.Namespace) -> None:
+    """Serve the MTA-STS policies and client autoconfiguration of the manifests' MailDomains
+    (what the operator serves from the cluster, for local mode or a server of one's own)."""
+    from letterbox.web.server import WebServer  # imported here: only this command serves HTTP
+    from letterbox.web.tls import ReloadingTlsContext, tls_files
+
+    manifests = _load(args.manifests)
+    try:
+        files = tls_files(args.tls_cert, args.tls_key)
+        host, _, port = args.listen.rpartition(":")
+        tls = ReloadingTlsContext(*files) if files else None
+        listen_port = int(port)
+    except (ValueError, OSError) as error:  # a bad --listen, or unreadable certificate files
+        raise CliError(str(error)) from error
+    server = WebServer(tls=tls)
+    server.set_domains([domain.spec for domain in manifests.domains])
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def serve() -> None:
+        bound = await server.start(host.strip("[]") or None, listen_port)
+        for domain, policy_id in server.served_policy_ids().items():
+            print(f"serving {domain}: MTA-STS policy id {policy_id} on port {bound}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,8 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--settings", metavar="FILE", help="install-wide settings (YAML, the chart's values)"
     )
+    operator.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve health checks at URL, e.g. http://0.0.0.0:8080/healthz (the chart's probes)",
+    )
     operator.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     operator.set_defaults(run=cmd_operator)
+
+    web = commands.add_parser(
+        "web", help="serve the MTA-STS policies and client autoconfiguration of the manifests"
+    )
+    web.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files or directories")
+    web.add_argument(
+        "--listen", default="127.0.0.1:8088", metavar="HOST:PORT", help="default 127.0.0.1:8088"
+    )
+    web.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain")
+    web.add_argument("--tls-key", metavar="FILE", help="its private key")
+    web.set_defaults(run=cmd_web)
     return parser
 
 

@@ -670,3 +670,108 @@ def test_mail_flows_through_a_pod_started_from_the_rendered_template(
         )
     finally:
         pod.stop()
+
+
+def _mailbox(name: str, address: str, policy: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "letterbox.dev/v1alpha1",
+        "kind": "Mailbox",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"address": address, "deletionPolicy": policy},
+    }
+
+
+def test_deleting_a_mailbox_removes_its_stored_mail_only_if_its_policy_says_so(
+    crds: ControlPlane, cluster: Kube, tmp_path: Path
+) -> None:
+    """deletionPolicy Delete: the finalizer holds the Mailbox until the config listing its
+    mail for removal is applied, and the running pod removes the Maildir from its volume.
+    Retain (the default) leaves the mail where it is."""
+    admin = cluster
+    crds.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES))
+    for name, policy in (("dora", "Delete"), ("ed", "Retain")):
+        crds.kubectl(
+            "apply", "-f", "-", input=json.dumps(_mailbox(name, f"{name}@example.com", policy))
+        )
+    crds.kubectl(
+        "wait", "-n", NAMESPACE, "--for=condition=Ready", "--timeout=30s",
+        "mailbox/dora", "mailbox/ed",
+    )  # fmt: skip
+    finalizers = {
+        name: admin.get("letterbox.dev/v1alpha1", "Mailbox", name, NAMESPACE)["metadata"].get(
+            "finalizers"
+        )
+        for name in ("dora", "ed")
+    }
+    assert finalizers == {"dora": ["letterbox.dev/delete-stored-mail"], "ed": None}
+    ca = trustme.CA()
+    admin.apply(tls_secret(NAMESPACE, "mailpod-tls", ca))
+
+    pod = TemplatePod(crds, admin, NAMESPACE, "mailpod", tmp_path)
+    try:
+        pod.start()
+        wait_for(
+            "the API config", lambda: len(pod.config_from_api()) == pod.workers(), 20, pod.log()
+        )
+        wait_for(
+            "dora and ed accepted",
+            lambda: all(
+                accepted_everywhere(pod.ports["smtp"], f"{n}@example.com") for n in ("dora", "ed")
+            ),
+            15,
+            pod.log(),
+        )
+        message = EmailMessage()
+        message["From"] = "friend@remote.test"
+        message["To"] = "dora@example.com, ed@example.com"
+        message["Subject"] = "keep or not"
+        message.set_content("Hello both.\n")
+        with smtplib.SMTP("127.0.0.1", pod.ports["smtp"], timeout=20) as client:
+            refused = client.send_message(message)
+        assert not refused, refused
+        mail = pod.root / "volumes" / "data" / "mail" / "example.com"
+        for name in ("dora", "ed"):
+            assert list((mail / name / "new").iterdir()), f"{name} got no mail"
+
+        began = time.monotonic()
+        for name in ("dora", "ed"):
+            admin.delete("letterbox.dev/v1alpha1", "Mailbox", name, NAMESPACE)
+
+        def gone(name: str) -> bool:
+            try:
+                admin.get("letterbox.dev/v1alpha1", "Mailbox", name, NAMESPACE)
+            except NotFound:
+                return True
+            return False
+
+        wait_for("dora released by the finalizer", lambda: gone("dora"), 15)
+        wait_for(
+            "dora's Maildir removed by the pod", lambda: not (mail / "dora").exists(), 15, pod.log()
+        )
+        print(
+            f"\nMailbox delete -> stored mail removed by the pod in {time.monotonic() - began:.2f}s"
+        )
+        assert gone("ed")
+        assert list((mail / "ed" / "new").iterdir()), "Retain keeps the stored mail"
+        settings = admin.get("v1", "Secret", "mailpod-config", NAMESPACE)
+        document = json.loads(base64.b64decode(settings["data"]["config.json"]))
+        assert [p["address"] for p in document["purged_mailboxes"]] == ["dora@example.com"]
+        events = admin.list("events.k8s.io/v1", "Event", NAMESPACE)
+        assert any(
+            e["regarding"]["name"] == "dora" and e["reason"] == "StoredMailDeletionRequested"
+            for e in events
+        )
+        assert pod.proc is not None and pod.proc.poll() is None  # no restart for any of it
+
+        # The address used again: a new Mailbox, its tombstone dropped, its new mail kept.
+        crds.kubectl(
+            "apply", "-f", "-", input=json.dumps(_mailbox("dora", "dora@example.com", "Delete"))
+        )
+        wait_for(
+            "dora again", lambda: accepted_everywhere(pod.ports["smtp"], "dora@example.com"), 15
+        )
+        settings = admin.get("v1", "Secret", "mailpod-config", NAMESPACE)
+        document = json.loads(base64.b64decode(settings["data"]["config.json"]))
+        assert document["purged_mailboxes"] == []
+    finally:
+        pod.stop()

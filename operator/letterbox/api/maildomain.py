@@ -13,6 +13,7 @@ from letterbox.api.meta import (
     DomainName,
     Duration,
     EmailAddress,
+    Matches,
     ObjectName,
     PrinterColumn,
     Quantity,
@@ -23,6 +24,7 @@ from letterbox.api.meta import (
     Unique,
     ready_columns,
 )
+from mailpod.config import DNS_LABEL_PATTERN
 
 
 class SecretKeyRef(ApiModel):
@@ -59,12 +61,23 @@ HostPort = Annotated[
 ]
 
 
+# TSIG key names are DNS names but usually a single label (tsig-keygen's default is tsig-key).
+TsigKeyName = Annotated[
+    str,
+    Field(max_length=253, min_length=1),
+    Matches(
+        rf"^{DNS_LABEL_PATTERN}(\.{DNS_LABEL_PATTERN})*$",
+        "must be a TSIG key name: lower-case letters, digits, '-' and '.', e.g. letterbox-update",
+    ),
+]
+
+
 class Rfc2136Provider(ApiModel):
     """RFC 2136 dynamic updates (BIND, Knot, PowerDNS, many hosted DNS services)."""
 
     server: HostPort
     """Primary server that accepts updates, as host or host:port (default port 53)."""
-    tsig_key_name: DomainName | None = None
+    tsig_key_name: TsigKeyName | None = None
     """TSIG key name; the secret itself comes from `credentialsSecretRef`."""
     tsig_algorithm: TsigAlgorithm = TsigAlgorithm.HMAC_SHA256
     """TSIG algorithm."""
@@ -225,14 +238,17 @@ class IssuerRef(ApiModel):
 
 
 class CertManagerTls(ApiModel):
-    """Certificates issued by cert-manager."""
+    """Certificates issued by cert-manager: Letterbox renders the Certificate objects and
+    reports their Ready condition as CertificateReady."""
 
     issuer_ref: IssuerRef
+    """The Issuer or ClusterIssuer that signs them."""
 
 
 class AcmeTls(ApiModel):
     """Certificates issued by the operator itself over ACME DNS-01 through the domain's DNS
-    provider."""
+    provider (account key in the Secret <name>-acme-account), renewed when a third of their
+    lifetime is left, retried with exponential back-off."""
 
     directory: Annotated[str, Field(max_length=512)] = "production"
     """production, staging (Let's Encrypt) or the directory URL of any ACME CA."""
@@ -241,8 +257,10 @@ class AcmeTls(ApiModel):
 
 
 class TlsSpec(ApiModel):
-    """Where the mail host's certificate comes from. Empty: cert-manager when its CRDs exist,
-    else built-in ACME when a DNS provider is set."""
+    """Where the mail host's certificate comes from. Empty: cert-manager when its CRDs exist
+    (ClusterIssuer `letsencrypt`), else built-in ACME when the DNS provider is rfc2136, powerdns
+    or cloudflare, else none (CertificateReady=False says what to set). The mail pods serve one
+    certificate for every domain's mail host; the oldest MailDomain's choice decides it."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

@@ -213,6 +213,41 @@ class KopfSettings(ApiModel):
     """Server-side apply field manager of everything the operator writes."""
 
 
+class WebIngressSettings(ApiModel):
+    """An Ingress publishing the web server's hosts (mta-sts., autoconfig., autodiscover. of
+    every domain) over HTTPS; the controller terminates TLS and forwards plain HTTP."""
+
+    tls_secret_name: ObjectName
+    """kubernetes.io/tls Secret with a certificate for every host (cert-manager fills it when
+    `annotations` name an issuer)."""
+    class_name: Annotated[str, Field(max_length=253)] | None = None
+    """spec.ingressClassName; unset uses the cluster's default class."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """E.g. cert-manager.io/cluster-issuer."""
+
+
+class WebSettings(ApiModel):
+    """The operator's small HTTP server: MTA-STS policies and client autoconfiguration."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.ingress) || self.enabled",
+            "web.ingress needs web.enabled: the Ingress forwards to the operator's web server",
+            lambda s: s.ingress is None or s.enabled,
+        ),
+    )
+
+    enabled: bool = False
+    port: Port = 8088
+    """Plain HTTP port of the operator pod the Ingress forwards to."""
+    bind_address: Annotated[str, Field(max_length=64)] | None = None
+    """Address to listen on; unset is every interface (what the pod network needs)."""
+    service_name: DnsLabel = "letterbox-web"
+    """The Service in front of that port (created with the operator's Deployment)."""
+    ingress: WebIngressSettings | None = None
+    """Unset renders no Ingress (expose the server some other way, or not at all)."""
+
+
 class OperatorSettings(ApiModel):
     """Settings for the whole install; the chart's values, with defaults for an empty file."""
 
@@ -246,6 +281,7 @@ class OperatorSettings(ApiModel):
     count only grows when the config outgrows it, and growing it changes the pod's volumes,
     which rolls the pods once; an install expecting many mailboxes can start large instead."""
     kopf: KopfSettings = Field(default_factory=KopfSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
 
 def load_settings(text: str | None, environ: Mapping[str, str] | None = None) -> OperatorSettings:

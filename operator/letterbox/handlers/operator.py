@@ -3,17 +3,20 @@
 All four kinds end up in one mail pod config per namespace, so one object's change is a
 namespace change, and `NamespaceReconciler` runs level-triggered passes over the whole
 namespace: it writes every object's status (invalid specs included), retries what failed or
-waits for a Secret by itself, and coalesces requests that arrive during a pass. The handlers only
-tell it that something changed: a watch event of any of the four kinds (the initial listing
-included) that is not the echo of our own status write, a referenced password Secret, and a
+waits for a Secret by itself, and coalesces requests that arrive during a pass. The handlers
+hand it every watch event of the four kinds and of the namespace's Secrets (its store, which
+passes read instead of listing the namespace again), and ask for a pass when something changed:
+an event that is not the echo of our own status write, a referenced password Secret, and a
 periodic resync.
 
 Why watch events rather than kopf's create/update/resume handlers: those keep per-object state
 in the object itself (a diff-base annotation, progress annotations), which costs a PATCH per
 object and per change, and they hold a worker per object until the pass it waits for is over.
 With 10,000 Mailboxes applied at once that doubled the API writes and held thousands of object
-bodies in memory, for no information the namespace pass needs. Only a Mailbox whose stored mail
-is to be deleted has a per-object handler (a finalizer: deletion has work to do).
+bodies in memory, for no information the namespace pass needs. Even a single deletion handler
+costs: kopf then builds a diff-base (a deep copy) of every event's object of that kind. So the
+one finalizer, on Mailboxes whose stored mail is deleted with them, is the pass's own
+(`reconcile.purge`), and the handlers are watch events and a timer only.
 
 kopf is configured to be a good neighbour from the start: its progress and diff-base
 annotations and its finalizer use our `letterbox.dev` prefix, it runs standalone unless a
@@ -34,14 +37,13 @@ from typing import Any
 import aiohttp
 import kopf
 
-from letterbox.api.mailbox import DeletionPolicy
 from letterbox.api.meta import GROUP, VERSION
 from letterbox.api.settings import OperatorSettings
-from letterbox.kube.errors import KubeError
-from letterbox.kube.events import EventType
 from letterbox.reconcile.namespace import NamespaceReconciler
 from letterbox.reconcile.ports import ClusterApi
 from letterbox.reconcile.snapshot import Kind
+from letterbox.reconcile.store import SECRETS
+from letterbox.web.server import WebServer
 
 log = logging.getLogger("letterbox.handlers")
 
@@ -86,6 +88,9 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.watching.chunk_size = KOPF_LIST_CHUNK
     # Default 60 s backoffs would make a transient API error cost a minute of readiness.
     kopf_settings.execution.default_backoff = PASS_FAILED_DELAY
+    # kopf logs every handler call at INFO: a line per watch event, 22,000 lines (and 4 s of
+    # the event loop) for 11,000 objects applied at once. Its warnings and errors still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -97,6 +102,8 @@ class OperatorRuntime:
     reconciler: NamespaceReconciler | None = None
     task: asyncio.Task[None] | None = None
     started: threading.Event = field(default_factory=threading.Event)
+    web: WebServer | None = None
+    """The MTA-STS/autoconfig server the reconciler tells the domains (settings.web)."""
 
     def require(self) -> NamespaceReconciler:
         if self.reconciler is None:
@@ -145,7 +152,15 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(**_: Any) -> None:
-        runtime.reconciler = NamespaceReconciler(runtime.kube, runtime.settings)
+        if runtime.web is not None:  # listening before the first pass hands it the domains
+            web = runtime.settings.web
+            await runtime.web.start(web.bind_address, web.port)
+        runtime.reconciler = NamespaceReconciler(
+            runtime.kube,
+            runtime.settings,
+            on_domains=runtime.web.set_domains if runtime.web is not None else None,
+            watched=True,  # the event handlers below feed its store
+        )
         runtime.task = asyncio.create_task(runtime.reconciler.run(), name="letterbox-reconcile")
         runtime.reconciler.nudge()  # a first pass even in an empty namespace
         runtime.started.set()
@@ -154,22 +169,31 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         if runtime.task is not None:
             runtime.task.cancel()
+        if runtime.web is not None:
+            await runtime.web.stop()
 
-    def needs_pass(body: kopf.Body, type: str | None, **_: Any) -> bool:
+    def needs_pass(body: kopf.Body, type: str | None) -> bool:
         """Every event that may change the config: not the echo of our own status write (the
         status subresource never bumps metadata.generation, and we write observedGeneration)."""
         if type == "DELETED" or body.metadata.get("deletionTimestamp"):
             return True
         return bool(body.status.get("observedGeneration") != body.metadata.get("generation"))
 
-    async def changed(**_: Any) -> None:
-        if runtime.reconciler is not None:
-            runtime.reconciler.nudge()
+    # Every event goes into the reconciler's store (the echoes of our own writes too, so the
+    # next pass compares against what is stored now); only changes ask for a pass.
+    for kind, plural in PLURALS.items():
 
-    for plural in PLURALS.values():
-        kopf.on.event(
-            GROUP, VERSION, plural, registry=registry, id=f"{plural}-changed", when=needs_pass
-        )(changed)
+        async def changed(
+            body: kopf.Body, type: str | None, of_kind: Kind = kind, **_: Any
+        ) -> None:
+            reconciler = runtime.reconciler
+            if reconciler is None:
+                return
+            reconciler.store.event(of_kind.value, type, dict(body))
+            if needs_pass(body, type):
+                reconciler.nudge()
+
+        kopf.on.event(GROUP, VERSION, plural, registry=registry, id=f"{plural}-changed")(changed)
 
     @kopf.timer(
         GROUP,
@@ -183,49 +207,16 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         if runtime.reconciler is not None:
             runtime.reconciler.nudge()
 
-    def referenced(name: str | None, **_: Any) -> bool:
+    # Every Secret of the namespace goes into the store; password Secrets (ours and the users')
+    # feed the config, so their changes reach the pods within one pass, without a resync.
+    @kopf.on.event("v1", "secrets", registry=registry)
+    async def on_secret(body: kopf.Body, type: str | None, name: str | None, **_: Any) -> None:
         reconciler = runtime.reconciler
-        return reconciler is not None and name in reconciler.referenced_secrets
-
-    # Password Secrets (ours and the users') feed the config: a change reaches the pods within
-    # one pass, without waiting for a resync.
-    @kopf.on.event("v1", "secrets", registry=registry, when=referenced)
-    async def on_secret(**_: Any) -> None:
-        if runtime.reconciler is not None:
-            runtime.reconciler.nudge()
-
-    # A finalizer only where deletion has work to do: a Mailbox whose stored mail is to be
-    # deleted. The pass run here removes the mailbox from the config first, so the pods stop
-    # accepting mail for it.
-    # TODO(issue 8): the mail pod has no way yet to delete a mailbox's Maildir on request;
-    # until it has, the mail is kept and a Warning event says so. Then this handler should
-    # record the deletion request for the pod and wait for the pod to confirm it.
-    @kopf.on.delete(
-        GROUP,
-        VERSION,
-        "mailboxes",
-        registry=registry,
-        when=lambda spec, **_: spec.get("deletionPolicy") == DeletionPolicy.DELETE.value,
-    )
-    async def on_mailbox_deleted(body: kopf.Body, **_: Any) -> None:
-        reconciler = runtime.require()
-        try:
-            await reconciler.request()
-        except (KubeError, ValueError) as error:
-            raise kopf.TemporaryError(
-                f"reconcile failed: {error}", delay=PASS_FAILED_DELAY
-            ) from error
-        try:
-            await runtime.kube.emit_event(
-                dict(body),
-                EventType.WARNING,
-                "StoredMailKept",
-                "deletionPolicy is Delete, but deleting stored mail is not supported yet: the "
-                "mailbox's Maildir stays on the mail volume until removed by hand",
-                action="Delete",
-            )
-        except KubeError as error:
-            log.warning("could not record the deletion event: %s", error)
+        if reconciler is None:
+            return
+        reconciler.store.event(SECRETS, type, dict(body))
+        if name in reconciler.referenced_secrets:
+            reconciler.nudge()
 
     return registry
 
@@ -237,10 +228,13 @@ async def run_operator(
     stop_flag: threading.Event | asyncio.Event | None = None,
     ready_flag: threading.Event | asyncio.Event | None = None,
     runtime: OperatorRuntime | None = None,
+    liveness_endpoint: str | None = None,
 ) -> None:
     """Run the operator for `settings.namespace` until `stop_flag` (or a signal, in the main
-    thread)."""
-    runtime = runtime or OperatorRuntime(kube, settings)
+    thread). `liveness_endpoint` (e.g. http://0.0.0.0:8080/healthz) is kopf's health server,
+    which the chart's probes ask."""
+    web = WebServer() if settings.web.enabled else None
+    runtime = runtime or OperatorRuntime(kube, settings, web=web)
     registry = build_registry(runtime)
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings, settings)
@@ -251,6 +245,7 @@ async def run_operator(
         namespaces=[settings.namespace],
         standalone=peering is None,
         peering_name=peering,
+        liveness_endpoint=liveness_endpoint,
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
 
 import urllib3
@@ -50,6 +50,9 @@ JSON: Final = "application/json"
 MERGE_PATCH: Final = "application/merge-patch+json"
 APPLY_PATCH: Final = "application/apply-patch+yaml"  # JSON is YAML: the body is sent as JSON
 LIST_PAGE: Final = 500
+# Keep-alive connections to the API server, at least as many as calls in flight (AsyncKube's
+# threads); the client's default, CPUs * 5, is 10 on two cores.
+CONNECTIONS: Final = 16
 # Optimistic-concurrency retries for read-compare-write calls before giving up with Conflict.
 WRITE_ATTEMPTS: Final = 3
 
@@ -57,6 +60,7 @@ WRITE_ATTEMPTS: Final = 3
 SECRETS: Final = ResourceInfo("v1", "Secret", "secrets", namespaced=True)
 EVENTS: Final = ResourceInfo(EVENT_API_VERSION, "Event", "events", namespaced=True)
 
+T = TypeVar("T")
 Object = dict[str, Any]
 # Aliases keep annotations inside `Kube` clear of its `list` method, which shadows the builtin.
 Objects = list[Object]
@@ -220,6 +224,9 @@ class Kube:
                 client_configuration=configuration,
                 persist_config=False,  # never write refreshed tokens back into the file
             )
+        configuration.connection_pool_maxsize = max(
+            configuration.connection_pool_maxsize or 0, CONNECTIONS
+        )
         api_client = ApiClient(configuration)
         api_client.user_agent = "letterbox"
         return cls(api_client, field_manager=field_manager, timeout=timeout, instance=instance)
@@ -359,6 +366,22 @@ class Kube:
         )
         return live
 
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Mapping[str, Any],
+    ) -> Object:
+        """A JSON merge patch of an object (e.g. its finalizers); put metadata.resourceVersion
+        in `patch` to make it conditional (Conflict if the object changed since)."""
+        info = self.resource(api_version, kind)
+        live: Object = self._object_call(
+            "patch", "PATCH", info, namespace, name, body=dict(patch), content_type=MERGE_PATCH
+        )
+        return live
+
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Object:
         info = self.resource(api_version, kind)
         live: Object = self._object_call("get", "GET", info, namespace, name)
@@ -394,6 +417,35 @@ class Kube:
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return items
+            query["continue"] = token
+
+    def list_each(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        transform: Callable[[Object], T],
+        *,
+        label_selector: str | Mapping[str, str] | None = None,
+        page_size: int = LIST_PAGE,
+    ) -> tuple[T, ...]:
+        """`transform` of every object `list` would return, applied page by page so that only
+        one page of raw objects is held at a time."""
+        info = self.resource(api_version, kind)
+        query: dict[str, str | None] = {
+            "labelSelector": _selector(label_selector),
+            "limit": str(page_size),
+        }
+        results = []
+        while True:
+            page = self._object_call("list", "GET", info, namespace, query=query)
+            for item in page.pop("items", None) or []:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                results.append(transform(item))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return tuple(results)
             query["continue"] = token
 
     def delete(

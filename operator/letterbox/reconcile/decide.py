@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from letterbox.api.alias import Alias
+from letterbox.api.conditions import READY, find_condition
 from letterbox.api.dkimkey import DKIMKey
 from letterbox.api.mailbox import Mailbox
 from letterbox.api.maildomain import MailDomain
-from letterbox.api.meta import Resource, domain_of
-from letterbox.reconcile.snapshot import ObjectKey, Observed, Snapshot
+from letterbox.api.meta import ConditionStatus, Resource, domain_of
+from letterbox.reconcile.snapshot import Kind, ObjectKey, Observed, Snapshot
 
 R = TypeVar("R", bound=Resource)
 
@@ -45,6 +46,7 @@ class Reason(StrEnum):
     DUPLICATE_SELECTOR = "DuplicateSelector"
     ALIAS_LOOP = "AliasLoop"
     SECRET_NOT_FOUND = "SecretNotFound"  # noqa: S105 (a reason, not a password)
+    APPLY_FAILED = "ApplyFailed"
 
 
 @dataclass(frozen=True)
@@ -273,3 +275,37 @@ def decide(snapshot: Snapshot) -> Decisions:
         dkim_keys=tuple(o.model for o in selectors.values()),
         owners={address: o.key for address, o in owners.items()},
     )
+
+
+def _ready_for_generation(observed: Observed[Any]) -> bool:
+    if observed.model is None:
+        return False
+    ready = find_condition(observed.model.status.conditions, READY)
+    return (
+        ready is not None
+        and ready.status == ConditionStatus.TRUE
+        and ready.observed_generation == observed.generation
+    )
+
+
+def apply_failed(
+    snapshot: Snapshot, decisions: Decisions, message: str, *, config_applied: bool
+) -> Decisions:
+    """`decisions` after the API refused part of the rendered workload: the resources it
+    affects get Ready=False ApplyFailed (temporary: the pass is retried with backoff).
+
+    MailDomains always: they stand for the workload serving them. When the pod config itself did
+    not get through, also every accepted resource not already Ready for its generation, since
+    the pods do not have it; the others keep being served from the config applied before.
+    """
+    failed = Verdict(False, Reason.APPLY_FAILED, message, temporary=True)
+    verdicts = dict(decisions.verdicts)
+    for observed in snapshot.all():
+        verdict = verdicts.get(observed.key)
+        if verdict is None or not verdict.accepted:
+            continue
+        if observed.key.kind is Kind.MAIL_DOMAIN or (
+            not config_applied and not _ready_for_generation(observed)
+        ):
+            verdicts[observed.key] = failed
+    return replace(decisions, verdicts=verdicts)

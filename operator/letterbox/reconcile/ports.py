@@ -7,11 +7,13 @@ even indirectly. The CLI, which builds the real client, is where the two meet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from letterbox.api.meta import API_VERSION, Resource, Status
 from letterbox.kube.events import EventType
+
+T = TypeVar("T")
 
 
 class EnsuredSecretView(Protocol):
@@ -41,6 +43,17 @@ class ClusterApi(Protocol):
         page_size: int = ...,
     ) -> list[dict[str, Any]]: ...
 
+    async def list_each(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        transform: Callable[[dict[str, Any]], T],
+        *,
+        label_selector: str | Mapping[str, str] | None = None,
+        page_size: int = ...,
+    ) -> tuple[T, ...]: ...
+
     async def apply(
         self, obj: Mapping[str, Any], *, field_manager: str | None = None, force: bool = True
     ) -> dict[str, Any]: ...
@@ -48,6 +61,15 @@ class ClusterApi(Protocol):
     async def delete(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
     ) -> bool: ...
+
+    async def patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any]: ...
 
     async def patch_status(
         self,

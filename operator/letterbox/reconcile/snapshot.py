@@ -74,6 +74,14 @@ class Observed(Generic[R]):
         return bool((self.raw.get("metadata") or {}).get("deletionTimestamp"))
 
     @property
+    def finalizers(self) -> tuple[str, ...]:
+        return tuple((self.raw.get("metadata") or {}).get("finalizers") or ())
+
+    @property
+    def resource_version(self) -> str:
+        return str((self.raw.get("metadata") or {}).get("resourceVersion") or "")
+
+    @property
     def age_key(self) -> tuple[str, str, str]:
         """Older first; ties (same second) broken by kind and name so the order is total."""
         return (self.created, self.key.kind.value, self.key.name)
@@ -97,6 +105,7 @@ _KEPT_METADATA = (
     "generation",
     "creationTimestamp",
     "deletionTimestamp",
+    "finalizers",
 )
 
 
@@ -115,11 +124,46 @@ def observe(kind: Kind, raw: Mapping[str, Any]) -> Observed[Any]:
     CRD older than the operator) gives an Observed with `error` instead of raising."""
     metadata = raw.get("metadata") or {}
     key = ObjectKey(kind, str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+    # ObjectMeta keeps metadata it does not know (extra="allow"): without this, every model
+    # would hold its managedFields, most of a Mailbox's memory at 10,000 of them.
+    parsed = {**raw, "metadata": {k: v for k, v in metadata.items() if k != "managedFields"}}
     try:
-        model = MODELS[kind].model_validate(raw)
+        model = MODELS[kind].model_validate(parsed)
     except ValidationError as error:
         return Observed(key=key, raw=_slim(raw), model=None, error=_validation_message(error))
     return Observed(key=key, raw=_slim(raw), model=model)
+
+
+class ParseCache:
+    """Parsed objects from the previous listing, by uid and resourceVersion: an object whose
+    resourceVersion did not change is the same object, so a pass over 10,000 Mailboxes parses
+    (and validates, with the CRD's patterns) only the ones that changed. `observe` may run in
+    several threads at once (one per kind); each uid belongs to one of them."""
+
+    def __init__(self) -> None:
+        self._previous: dict[str, tuple[str, Observed[Any]]] = {}
+        self._current: dict[str, tuple[str, Observed[Any]]] = {}
+
+    def observe(self, kind: Kind, raw: Mapping[str, Any]) -> Observed[Any]:
+        metadata = raw.get("metadata") or {}
+        uid, version = str(metadata.get("uid") or ""), str(metadata.get("resourceVersion") or "")
+        known = self._previous.get(uid)
+        if uid and version and known is not None and known[0] == version:
+            observed = known[1]
+        else:
+            observed = observe(kind, raw)
+        if uid and version:
+            self._current[uid] = (version, observed)
+        return observed
+
+    def finish(self) -> None:
+        """After a complete listing: forget the objects it no longer had."""
+        self._previous, self._current = self._current, {}
+
+    def abandon(self) -> None:
+        """After a failed listing: keep what was known before."""
+        self._previous.update(self._current)
+        self._current = {}
 
 
 def _slim_secret(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,6 +206,11 @@ class SecretView:
         return None if value is None else value.decode("utf-8", "replace")
 
 
+def secret_view(raw: Mapping[str, Any]) -> SecretView:
+    """A listed Secret as a pass keeps it (name, labels, creation time and data)."""
+    return SecretView(_slim_secret(raw))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     namespace: str
@@ -189,6 +238,24 @@ class Snapshot:
             aliases=parsed(Kind.ALIAS),
             dkim_keys=parsed(Kind.DKIM_KEY),
             secrets={view.name: view for view in views},
+        )
+
+    @classmethod
+    def of_observed(
+        cls,
+        namespace: str,
+        observed: Mapping[Kind, Iterable[Observed[Any]]],
+        secrets: Iterable[SecretView] = (),
+    ) -> Snapshot:
+        """From objects already parsed (`observe`) and Secrets already slimmed (`secret_view`),
+        as `gather` lists them page by page."""
+        return cls(
+            namespace=namespace,
+            domains=tuple(observed.get(Kind.MAIL_DOMAIN, ())),
+            mailboxes=tuple(observed.get(Kind.MAILBOX, ())),
+            aliases=tuple(observed.get(Kind.ALIAS, ())),
+            dkim_keys=tuple(observed.get(Kind.DKIM_KEY, ())),
+            secrets={view.name: view for view in secrets},
         )
 
     def all(self) -> tuple[Observed[Any], ...]:

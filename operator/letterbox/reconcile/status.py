@@ -117,7 +117,12 @@ def desired_status(
 
 def transition(observed: Observed[Any], verdict: Verdict) -> Transition | None:
     """An event when Ready changes status or reason (not on a message-only change, which would
-    flood events when, say, an older duplicate is renamed)."""
+    flood events when, say, an older duplicate is renamed).
+
+    Becoming Ready for the first time is not an event: the Ready condition records it, and
+    10,000 Mailboxes applied at once would otherwise cost 10,000 Event writes on top of their
+    10,000 status writes (doubling the API server's work, and the time until all are Ready).
+    Every failure is an event, and so is the recovery from one."""
     previous = find_condition(_previous(observed).conditions, READY)
     status = ConditionStatus.TRUE if verdict.accepted else ConditionStatus.FALSE
     if (
@@ -125,6 +130,8 @@ def transition(observed: Observed[Any], verdict: Verdict) -> Transition | None:
         and previous.status == status
         and previous.reason == verdict.reason.value
     ):
+        return None
+    if verdict.accepted and (previous is None or previous.status == ConditionStatus.UNKNOWN):
         return None
     return Transition(
         observed,

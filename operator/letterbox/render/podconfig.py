@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,29 @@ class PodMaterial:
     tls: pod.TlsConfig | None
     password_hashes: dict[str, str] = field(default_factory=dict)
     dkim_keys: Sequence[tuple[DkimKeyMaterial, Path]] = ()
+    purged_mailboxes: Sequence[pod.PurgedMailbox] = ()
+    """Deleted mailboxes whose stored mail the pods remove (`reconcile.purge`)."""
+
+
+# Remembered: the operator renders every mailbox on every pass, and building (validating) the
+# same 10,000 entries again was a good part of a pass. Same arguments, same (immutable) entry.
+@functools.lru_cache(maxsize=1 << 16)
+def _pod_mailbox(
+    address: str,
+    password_hash: str,
+    quota: str,
+    send_as: tuple[str, ...],
+    suspended: bool,
+    display_name: str | None,
+) -> pod.Mailbox:
+    return pod.Mailbox(
+        address=address,
+        password_hash=password_hash,
+        quota_bytes=quantity_bytes(quota),
+        send_as=send_as,
+        suspended=suspended,
+        display_name=display_name,
+    )
 
 
 def render_pod_config(manifests: Manifests, material: PodMaterial) -> pod.MailpodConfig:
@@ -32,15 +56,13 @@ def render_pod_config(manifests: Manifests, material: PodMaterial) -> pod.Mailpo
     configured without one."""
     domains = {d.spec.domain: d.spec for d in manifests.domains}
     mailboxes = [
-        pod.Mailbox(
-            address=m.spec.address,
-            password_hash=material.password_hashes[m.spec.address],
-            quota_bytes=quantity_bytes(
-                m.spec.quota or domains[domain_of(m.spec.address)].default_quota
-            ),
-            send_as=m.spec.send_as,
-            suspended=m.spec.suspended,
-            display_name=m.spec.display_name,
+        _pod_mailbox(
+            m.spec.address,
+            material.password_hashes[m.spec.address],
+            m.spec.quota or domains[domain_of(m.spec.address)].default_quota,
+            m.spec.send_as,
+            m.spec.suspended,
+            m.spec.display_name,
         )
         for m in manifests.mailboxes
         if domain_of(m.spec.address) in domains and m.spec.address in material.password_hashes
@@ -55,6 +77,7 @@ def render_pod_config(manifests: Manifests, material: PodMaterial) -> pod.Mailpo
         if spec.catch_all and f"@{spec.domain}" not in aliases:
             aliases[f"@{spec.domain}"] = (spec.catch_all,)
     mailbox_addresses = {m.address for m in mailboxes}
+    in_use = {address.lower() for address in mailbox_addresses}
     return pod.MailpodConfig(
         hostname=material.hostname,
         listeners=tuple(material.listeners),
@@ -79,4 +102,8 @@ def render_pod_config(manifests: Manifests, material: PodMaterial) -> pod.Mailpo
             if key.domain in domains
         ),
         storage=material.storage,
+        # Never a tombstone for a configured mailbox: its mail is live (the pod refuses both).
+        purged_mailboxes=tuple(
+            entry for entry in material.purged_mailboxes if entry.address.lower() not in in_use
+        ),
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from letterbox.api.maildomain import MailDomain
 from letterbox.api.meta import GROUP
 from letterbox.api.settings import ClientAddressMode, OperatorSettings, ServiceType
 from letterbox.render.dkim import DkimKeyMaterial
@@ -120,8 +121,13 @@ def pod_storage() -> pod.Storage:
     return pod.Storage(mail_root=Path(DATA_DIR / "mail"), queue_dir=Path(DATA_DIR / "queue"))
 
 
-def pod_tls() -> pod.TlsConfig:
-    return pod.TlsConfig(cert_file=Path(TLS_DIR / "tls.crt"), key_file=Path(TLS_DIR / "tls.key"))
+def pod_tls(secret_name: str | None = None) -> pod.TlsConfig:
+    """The mounted TLS Secret; naming it lets the pod watch it for renewals (WorkloadNames)."""
+    return pod.TlsConfig(
+        cert_file=Path(TLS_DIR / "tls.crt"),
+        key_file=Path(TLS_DIR / "tls.key"),
+        secret_name=secret_name,
+    )
 
 
 def dkim_key_name(domain: str, selector: str) -> str:
@@ -135,7 +141,10 @@ def dkim_key_path(domain: str, selector: str) -> Path:
 
 
 def render_dkim_keys_secret(
-    settings: OperatorSettings, keys: Sequence[DkimKeyMaterial]
+    settings: OperatorSettings,
+    keys: Sequence[DkimKeyMaterial],
+    *,
+    owners: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """One Secret with every key the pods sign with, mounted as a directory: a rotation changes
     its content, never the pod's volumes, so it needs no restart (one volume per key would)."""
@@ -146,7 +155,7 @@ def render_dkim_keys_secret(
         ).decode()
         for key in keys
     }
-    return {
+    secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
@@ -155,6 +164,46 @@ def render_dkim_keys_secret(
         ),
         "data": dict(sorted(data.items())),
     }
+    return owned_by([secret], owners)[0]
+
+
+# --- ownership --------------------------------------------------------------------------------
+
+
+def workload_owners(domains: Sequence[MailDomain]) -> list[dict[str, Any]]:
+    """ownerReferences for the install-wide objects: every MailDomain of the namespace.
+
+    The mail workload serves all the namespace's domains at once, so no single MailDomain owns
+    it. The garbage collector deletes an object only once all of its owners are gone, so
+    deleting one of several MailDomains leaves the workload running for the others (the
+    operator drops that reference on its next pass), and deleting the last one removes it all:
+    the StatefulSet, Services, PDB, NetworkPolicy, config Secrets and pod RBAC. The mail
+    volumes stay (persistentVolumeClaimRetentionPolicy Retain). Not a controller reference
+    (only one owner may be the controller) and not blocking: a MailDomain's deletion never
+    waits for the workload, and blocking would need update on maildomains/finalizers.
+    Domains rendered offline (no uid) own nothing."""
+    return [
+        {
+            "apiVersion": domain.api_version,
+            "kind": domain.kind,
+            "name": domain.metadata.name,
+            "uid": domain.metadata.uid,
+            "controller": False,
+            "blockOwnerDeletion": False,
+        }
+        for domain in sorted(domains, key=lambda d: (d.metadata.name, d.metadata.uid or ""))
+        if domain.metadata.uid
+    ]
+
+
+def owned_by(
+    objects: list[dict[str, Any]], owners: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`objects` with `owners` as their ownerReferences (none: left as they are)."""
+    if owners:
+        for obj in objects:
+            obj["metadata"]["ownerReferences"] = [dict(owner) for owner in owners]
+    return objects
 
 
 # --- objects ------------------------------------------------------------------------------------
@@ -522,7 +571,7 @@ def render_pod_rbac(
     nothing else. list/watch are honoured with resourceNames only for requests that name one
     object (fieldSelector metadata.name=…), so the pod watches each Secret by name."""
     names = WorkloadNames.of(settings)
-    readable = sorted({*config_secrets.all, names.dkim_secret})
+    readable = sorted({*config_secrets.all, names.dkim_secret, names.tls_secret})
     return [
         {
             "apiVersion": "v1",
@@ -563,11 +612,16 @@ def render_pod_rbac(
 
 
 def render_workload(
-    settings: OperatorSettings, config: pod.MailpodConfig, *, min_shards: int | None = None
+    settings: OperatorSettings,
+    config: pod.MailpodConfig,
+    *,
+    min_shards: int | None = None,
+    owners: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Every object of the mail workload except the TLS and DKIM Secrets, in apply order: the
     pod's identity, its config (shards before their index), the Services, the PDB and the
-    NetworkPolicy, and the StatefulSet last, when everything it mounts exists."""
+    NetworkPolicy, and the StatefulSet last, when everything it mounts exists. `owners` are
+    their ownerReferences (`workload_owners`)."""
     secrets = render_pod_config_secrets(
         config,
         name_prefix=settings.name,
@@ -576,7 +630,7 @@ def render_workload(
     )
     names = ConfigSecretNames.of(secrets)
     network_policy = render_network_policy(settings)
-    return [
+    objects = [
         *render_pod_rbac(settings, names),
         *secrets,
         render_public_service(settings),
@@ -585,3 +639,4 @@ def render_workload(
         *([network_policy] if network_policy else []),
         render_statefulset(settings, names, config_checksum=config_restart_checksum(config)),
     ]
+    return owned_by(objects, owners)

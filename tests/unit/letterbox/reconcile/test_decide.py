@@ -8,7 +8,7 @@ from typing import Any
 
 from letterbox.api.conditions import find_condition
 from letterbox.api.meta import API_VERSION, ConditionStatus
-from letterbox.reconcile.decide import Reason, decide
+from letterbox.reconcile.decide import Reason, Verdict, apply_failed, decide
 from letterbox.reconcile.snapshot import Kind, ObjectKey, Snapshot
 from letterbox.reconcile.status import desired_status, transition
 
@@ -215,3 +215,45 @@ def test_conditions_transition_only_on_status_change() -> None:
     )
     change = transition(snap.mailboxes[0], fixed)
     assert change is not None and change.ready
+
+
+def test_first_ready_is_no_event_but_failures_and_recoveries_are() -> None:
+    alice = mailbox("alice", "alice@example.com")
+    snap = snapshot(domain(), alice)
+    verdict = decide(snap).verdict(key(Kind.MAILBOX, "alice"))
+    assert verdict.accepted
+    assert transition(snap.mailboxes[0], verdict) is None  # new and Ready: the condition says it
+    failed = desired_status(
+        snap.mailboxes[0], Verdict(False, Reason.APPLY_FAILED, "refused", True), now=T0
+    )
+    stored = {**alice, "status": failed.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    recovered = transition(snapshot(domain(), stored).mailboxes[0], verdict)
+    assert recovered is not None and recovered.ready and recovered.reason == "Reconciled"
+
+
+def test_apply_failure_marks_domains_and_what_the_pods_do_not_have_yet() -> None:
+    served = mailbox("served", "served@example.com")
+    snap = snapshot(domain(), served, mailbox("new", "new@example.com"))
+    decisions = decide(snap)
+    ready = desired_status(
+        snap.mailboxes[0], decisions.verdict(key(Kind.MAILBOX, "served")), now=T0
+    )
+    stored = {**served, "status": ready.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    snap = snapshot(domain(), stored, mailbox("new", "new@example.com"))
+    decisions = decide(snap)
+
+    after_config = apply_failed(snap, decisions, "Service refused", config_applied=True)
+    assert after_config.verdict(key(Kind.MAIL_DOMAIN, "example-com")).reason is Reason.APPLY_FAILED
+    assert after_config.verdict(key(Kind.MAILBOX, "new")).accepted
+    assert after_config.verdict(key(Kind.MAILBOX, "served")).accepted
+
+    no_config = apply_failed(snap, decisions, "shard refused", config_applied=False)
+    failed = no_config.verdict(key(Kind.MAILBOX, "new"))
+    assert (failed.accepted, failed.reason, failed.message, failed.temporary) == (
+        False,
+        Reason.APPLY_FAILED,
+        "shard refused",
+        True,
+    )
+    assert no_config.verdict(key(Kind.MAILBOX, "served")).accepted  # the pods still have it
+    assert no_config.mailboxes == decisions.mailboxes  # what the next try renders is unchanged

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from letterbox.api.dkimkey import DkimAlgorithm
+from letterbox.api.maildomain import MailDomain
 from letterbox.api.manifests import load_manifests
 from letterbox.api.settings import OperatorSettings, load_settings
 from letterbox.render.dkim import DkimKeyMaterial
@@ -44,6 +46,7 @@ from letterbox.render.workload import (
     render_public_service,
     render_statefulset,
     render_workload,
+    workload_owners,
 )
 from mailpod import config as pod
 from mailpod.cli import build_parser
@@ -521,7 +524,7 @@ def test_pod_role_reads_only_its_config() -> None:
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": sorted([*names.all, "mailpod-dkim"]),
+            "resourceNames": sorted([*names.all, "mailpod-dkim", "mailpod-tls"]),
             "verbs": ["get", "list", "watch"],
         }
     ]
@@ -550,3 +553,58 @@ def test_every_object_is_valid_kubernetes() -> None:
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_every_workload_object_is_owned_by_every_domain() -> None:
+    settings = OperatorSettings(namespace="mail")
+    config = _example_config(settings)
+    domains = [
+        MailDomain.model_validate(
+            {
+                "metadata": {"name": name, "namespace": "mail", "uid": uid},
+                "spec": {"domain": domain},
+            }
+        )
+        for name, uid, domain in (
+            ("zeta", "u-2", "zeta.example"),
+            ("alpha", "u-1", "alpha.example"),
+            ("offline", None, "offline.example"),  # rendered from a file: no uid, no owner
+        )
+    ]
+    owners = workload_owners(domains)
+    assert [(o["name"], o["uid"], o["controller"]) for o in owners] == [
+        ("alpha", "u-1", False),
+        ("zeta", "u-2", False),
+    ]
+    objects = [
+        render_dkim_keys_secret(settings, [], owners=owners),
+        *render_workload(settings, config, owners=owners),
+    ]
+    assert {o["kind"] for o in objects} >= {
+        "StatefulSet", "Service", "PodDisruptionBudget", "NetworkPolicy", "Secret",
+        "ServiceAccount", "Role", "RoleBinding",
+    }  # fmt: skip
+    for obj in objects:
+        assert obj["metadata"]["ownerReferences"] == owners, obj["metadata"]["name"]
+    # Without owners (letterbox render, local mode) nothing changes.
+    assert all("ownerReferences" not in o["metadata"] for o in render_workload(settings, config))
+
+
+def test_pod_config_never_purges_a_configured_mailbox() -> None:
+    manifests = load_manifests([(str(p), p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))])
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    config = render_pod_config(
+        manifests,
+        PodMaterial(
+            hostname="mail.example.com",
+            listeners=pod_listeners(OperatorSettings(namespace="mail")),
+            storage=pod_storage(),
+            tls=pod_tls(),
+            password_hashes={m.spec.address: _hash(m.spec.address) for m in manifests.mailboxes},
+            purged_mailboxes=[
+                pod.PurgedMailbox(address="ALICE@example.com", since=since),
+                pod.PurgedMailbox(address="gone@example.com", since=since),
+            ],
+        ),
+    )
+    assert [p.address for p in config.purged_mailboxes] == ["gone@example.com"]
