@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from letterbox.api.dnsrecord import DnsRecord, RecordType
 from letterbox.api.maildomain import Alignment, MailDomainSpec, SpfQualifier
 from letterbox.render.dkim import DkimKeyMaterial, dkim_record_value
-from letterbox.render.mtasts import mta_sts_policy, mta_sts_policy_id
+from letterbox.render.mtasts import render_mta_sts
 
 _SPF_ALL = {SpfQualifier.FAIL: "-all", SpfQualifier.SOFTFAIL: "~all", SpfQualifier.NEUTRAL: "?all"}
 
@@ -62,7 +62,7 @@ def domain_records(
         record(
             f"_mta-sts.{domain}",
             RecordType.TXT,
-            f"v=STSv1; id={mta_sts_policy_id(mta_sts_policy(spec))}",
+            f"v=STSv1; id={render_mta_sts(spec).id}",
             "MTA-STS",
         ),
         record(f"mta-sts.{domain}", RecordType.CNAME, host, "MTA-STS"),
