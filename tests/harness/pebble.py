@@ -8,7 +8,8 @@ same steps as against Let's Encrypt:
 Pebble's sample config points at certificate files the package does not ship, so the listener
 certificate comes from a throwaway `trustme` CA; `ca_bundle` is that CA's PEM for the client.
 `PEBBLE_VA_NOSLEEP=1` skips the random validation delay and `PEBBLE_WFE_NONCEREJECT=0` stops it
-rejecting 5% of good nonces on purpose, so runs are quick and deterministic.
+rejecting 5% of good nonces on purpose, and `PEBBLE_AUTHZREUSE=0` makes every order validate
+its challenges afresh, so runs are quick and deterministic.
 
 Manual check: ``python -m tests.harness.pebble``.
 """
@@ -86,6 +87,9 @@ class Pebble:
                 "env",
                 "PEBBLE_VA_NOSLEEP=1",
                 "PEBBLE_WFE_NONCEREJECT=0",
+                # Pebble reuses a valid authorization for half the orders by default; a test
+                # that needs every order to publish its challenges must not depend on chance.
+                "PEBBLE_AUTHZREUSE=0",
                 BINARY,
                 "-config",
                 str(config),

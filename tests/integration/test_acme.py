@@ -6,8 +6,10 @@ reads, edits and replaces the RRset (the domain's DnsProvider takes this place i
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,14 +41,36 @@ class Recording:
     """The operator's DNS-01 path (the domain's PowerDNS provider behind the TxtPublisher
     adapter), with a note of every call."""
 
-    def __init__(self, api_url: str, api_key: str, zone: str) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        zone: str,
+        authoritative: Sequence[str],
+        *,
+        propagation_timeout: float = 30.0,
+    ) -> None:
         self.provider = PowerDnsProvider(api_url, api_key)
-        self.publisher = ProviderTxtPublisher(self.provider, zone)
+        self.publisher = ProviderTxtPublisher(
+            self.provider,
+            zone,
+            authoritative=authoritative,
+            propagation_timeout=propagation_timeout,
+        )
         self.calls: list[tuple[str, str, str]] = []
+        self.waited: list[float] = []
+        """Seconds each wait for the authoritative servers took."""
 
     async def publish(self, name: str, value: str) -> None:
         self.calls.append(("publish", name, value))
         await self.publisher.publish(name, value)
+
+    async def wait_visible(self, records: Sequence[tuple[str, str]]) -> None:
+        started = time.monotonic()
+        try:
+            await self.publisher.wait_visible(records)
+        finally:
+            self.waited.append(time.monotonic() - started)
 
     async def withdraw(self, name: str, value: str) -> None:
         self.calls.append(("withdraw", name, value))
@@ -65,7 +89,7 @@ def _api(powerdns: PowerDns) -> str:
 
 def _zone(powerdns: PowerDns, zone: str) -> Recording:
     powerdns.create_zone(zone, [(f"mail.{zone}", "A", 300, ["127.0.0.1"])])
-    return Recording(_api(powerdns), powerdns.api_key, zone)
+    return Recording(_api(powerdns), powerdns.api_key, zone, [powerdns.nameserver])
 
 
 def _verify_chain(pebble: Pebble, chain_pem: bytes, host: str) -> x509.Certificate:
@@ -166,7 +190,7 @@ async def test_dns_provider_down_backs_off_then_recovers(
     # The provider's API is unreachable (nothing listens there).
     from tests.harness.controlplane import free_port
 
-    down = Recording(f"http://127.0.0.1:{free_port()}", "k", zone)
+    down = Recording(f"http://127.0.0.1:{free_port()}", "k", zone, [powerdns.nameserver])
     clock = Clock()
     backoff = Backoff(base=timedelta(seconds=60), maximum=timedelta(seconds=600))
     certificates = AcmeCertificates(
@@ -238,3 +262,135 @@ async def test_the_ca_rejects_a_challenge_it_cannot_see(pebble: Pebble, tmp_path
             await issuer.issue((f"mail.{zone}",), publisher)
         # Withdrawn even though the order failed.
         assert elsewhere.query(f"_acme-challenge.mail.{zone}", "TXT") == []
+
+
+# --- propagation: the CA is told to look only once every authoritative server answers --------
+
+LAG_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def secondary() -> Iterator[PowerDns]:
+    """A second authoritative server of the same zones, filled by the test (a secondary that
+    has not caught up yet, or never does). Pebble does not ask it."""
+    with PowerDns() as server:
+        yield server
+
+
+def _two_servers(powerdns: PowerDns, secondary: PowerDns, zone: str, timeout: float) -> Recording:
+    for server in (powerdns, secondary):
+        server.create_zone(zone, [(f"mail.{zone}", "A", 300, ["127.0.0.1"])])
+    return Recording(
+        _api(powerdns),
+        powerdns.api_key,
+        zone,
+        [powerdns.nameserver, secondary.nameserver],
+        propagation_timeout=timeout,
+    )
+
+
+async def test_challenges_wait_for_a_lagging_authoritative_server(
+    powerdns: PowerDns, pebble: Pebble, secondary: PowerDns
+) -> None:
+    zone = "acme-lag.letterbox.test"
+    publisher = _two_servers(powerdns, secondary, zone, 30.0)
+    name = f"_acme-challenge.mail.{zone}"
+    answered: list[float] = []
+
+    async def catch_up_late() -> None:
+        # The secondary gets the value LAG_SECONDS after the primary has it (a zone transfer).
+        values: list[str] = []
+        for _ in range(600):
+            if values := powerdns.query(name, "TXT"):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(LAG_SECONDS)
+        await asyncio.to_thread(secondary.set_rrsets, zone, [(name, "TXT", 60, values)])
+        answered.append(time.monotonic())
+
+    catching_up = asyncio.create_task(catch_up_late())
+    issuer = AcmeIssuer(
+        pebble.directory_url, generate_account_key(), ca_bundle=str(pebble.ca_bundle)
+    )
+    issued = await issuer.issue((f"mail.{zone}",), publisher)
+    await catching_up
+    assert issued.hosts == (f"mail.{zone}",)
+    assert len(publisher.waited) == 1 and publisher.waited[0] >= LAG_SECONDS
+    print(f"\nwaited {publisher.waited[0]:.2f}s for a secondary {LAG_SECONDS}s behind")
+
+
+async def test_a_server_that_never_serves_the_challenge_fails_the_attempt(
+    powerdns: PowerDns, pebble: Pebble, secondary: PowerDns
+) -> None:
+    zone = "acme-stale.letterbox.test"
+    publisher = _two_servers(powerdns, secondary, zone, 1.5)
+    issuer = AcmeIssuer(
+        pebble.directory_url, generate_account_key(), ca_bundle=str(pebble.ca_bundle)
+    )
+    from letterbox.acme.issuer import AcmeError
+
+    with pytest.raises(
+        AcmeError, match=r"not served by every authoritative server within 1\.5s"
+    ) as e:
+        await issuer.issue((f"mail.{zone}",), publisher)
+    assert secondary.nameserver in str(e.value)
+    assert 1.5 <= publisher.waited[0] < 5.0
+    # Withdrawn at the primary again.
+    assert powerdns.query(f"_acme-challenge.mail.{zone}", "TXT") == []
+
+
+# --- back-off across restarts ------------------------------------------------------------------
+
+
+async def test_back_off_survives_a_restart(
+    powerdns: PowerDns, pebble: Pebble, tmp_path: Path
+) -> None:
+    zone = "acme-restart.letterbox.test"
+    working = _zone(powerdns, zone)
+    from tests.harness.controlplane import free_port
+
+    down = Recording(f"http://127.0.0.1:{free_port()}", "k", zone, [powerdns.nameserver])
+    store = DirectorySecretStore(tmp_path)
+    clock = Clock()
+    backoff = Backoff(base=timedelta(seconds=60), maximum=timedelta(seconds=600))
+
+    def operator() -> AcmeCertificates:
+        """A freshly started operator: nothing in memory, the same Secrets."""
+        return AcmeCertificates(
+            store, ca_bundle=str(pebble.ca_bundle), backoff=backoff, clock=clock
+        )
+
+    request = AcmeRequest(
+        "tls", (f"mail.{zone}",), pebble.directory_url, "account", state_secret="acme-state"
+    )
+    failed = await operator().ensure(request, down)
+    assert failed.failures == 1 and failed.retry_at is not None
+    stored = await store.get("acme-state")
+    assert stored is not None and json.loads(stored["tls"])["failures"] == 1
+
+    # Restarted within the back-off: nothing is attempted, the same retry time is reported.
+    waiting = await operator().ensure(request, working)
+    assert not waiting.ready and waiting.reason == ISSUANCE_FAILED
+    assert waiting.failures == 1 and waiting.retry_at == failed.retry_at
+    assert "PowerDNS API" in waiting.message and working.calls == []
+
+    # Due: fails again, and the doubled delay is what the next start sees.
+    clock.offset = timedelta(seconds=61)
+    again = await operator().ensure(request, down)
+    assert again.failures == 2 and again.retry_at is not None
+    restarted = await operator().ensure(request, working)
+    assert restarted.failures == 2 and restarted.retry_at == again.retry_at
+    assert working.calls == []
+
+    # A changed request (a new host) is not held back by the old one's failures; success
+    # clears the stored state.
+    wider = AcmeRequest(
+        "tls",
+        (f"mail.{zone}", f"mta-sts.{zone}"),
+        pebble.directory_url,
+        "account",
+        state_secret="acme-state",
+    )
+    issued = await operator().ensure(wider, working)
+    assert issued.ready and issued.reason == ISSUED, issued.message
+    assert await store.get("acme-state") == {}

@@ -1,9 +1,10 @@
 """An ACME client for DNS-01 orders, on the `acme` library (Certbot's).
 
 One `issue()` call registers (or finds) the account, orders a certificate for the hosts,
-publishes every challenge TXT through the `TxtPublisher`, answers the challenges, finalizes and
-withdraws the TXT values again whatever happened. The library is synchronous (requests), so its
-calls run in a worker thread; publishing stays on the caller's event loop.
+publishes every challenge TXT through the `TxtPublisher`, waits until the zones' authoritative
+servers answer them, answers the challenges, finalizes and withdraws the TXT values again
+whatever happened. The library is synchronous (requests), so its calls run in a worker thread;
+publishing stays on the caller's event loop.
 """
 
 from __future__ import annotations
@@ -187,6 +188,15 @@ class AcmeIssuer:
                 except Exception as error:
                     raise AcmeError(f"publishing TXT {name} failed: {error}") from error
                 published.append((name, value))
+            if published:
+                try:
+                    await publisher.wait_visible(published)
+                except AcmeError:
+                    raise
+                except Exception as error:
+                    raise AcmeError(
+                        f"checking the challenge TXT records failed: {error}"
+                    ) from error
             try:
                 chain = await asyncio.to_thread(self._answer_and_finalize, order, answers)
             except errors.ValidationError as error:

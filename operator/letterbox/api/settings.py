@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field
 
 from letterbox import __version__
+from letterbox.api.maildomain import HostPort
 from letterbox.api.meta import GROUP, ApiModel, DnsLabel, Matches, ObjectName, Quantity, Rule
 
 # A resource quantity as Kubernetes writes them: cpu in cores or millicores, memory in bytes.
@@ -218,8 +219,9 @@ class WebIngressSettings(ApiModel):
     every domain) over HTTPS; the controller terminates TLS and forwards plain HTTP."""
 
     tls_secret_name: ObjectName
-    """kubernetes.io/tls Secret with a certificate for every host (cert-manager fills it when
-    `annotations` name an issuer)."""
+    """kubernetes.io/tls Secret with a certificate for every host: filled by cert-manager when
+    `annotations` name an issuer, else as the `<name>-web` certificate of the oldest
+    MailDomain's spec.tls (certManager or acme)."""
     class_name: Annotated[str, Field(max_length=253)] | None = None
     """spec.ingressClassName; unset uses the cluster's default class."""
     annotations: dict[str, str] = Field(default_factory=dict)
@@ -246,6 +248,19 @@ class WebSettings(ApiModel):
     """The Service in front of that port (created with the operator's Deployment)."""
     ingress: WebIngressSettings | None = None
     """Unset renders no Ingress (expose the server some other way, or not at all)."""
+
+
+class AcmeSettings(ApiModel):
+    """The built-in ACME client (MailDomains in spec.tls.acme mode)."""
+
+    ca_bundle: Annotated[str, Field(max_length=65536)] | None = None
+    """PEM certificates of a private ACME CA's HTTPS endpoint (step-ca, Pebble), trusted besides
+    the system's; e.g. `--set-file mail.acme.caBundle=ca.pem`."""
+    authoritative_servers: tuple[HostPort, ...] = ()
+    """host:port of the DNS servers a challenge record must be answered by before the CA is told
+    to look; empty means every server the zone's NS records name."""
+    propagation_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 300
+    """How long to wait for those servers before the attempt counts as failed."""
 
 
 class OperatorSettings(ApiModel):
@@ -282,6 +297,7 @@ class OperatorSettings(ApiModel):
     which rolls the pods once; an install expecting many mailboxes can start large instead."""
     kopf: KopfSettings = Field(default_factory=KopfSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    acme: AcmeSettings = Field(default_factory=AcmeSettings)
 
 
 def load_settings(text: str | None, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -2,19 +2,22 @@
 
 `ensure()` is one level-triggered step: it reads the Secret, and issues (or renews) only when the
 certificate is missing, does not cover the hosts, or has a third of its lifetime left. A failed
-attempt backs off exponentially (per Secret, in memory: a restarted operator tries once at
-start, then backs off again); the certificate in force keeps serving meanwhile, and from a week
-before its expiry the state asks for a warning. `kick()` runs the step in the background so a
-reconcile pass never waits for a CA.
+attempt backs off exponentially per Secret; the back-off is also kept in a state Secret, so a
+restarted (or crash-looping) operator waits out the same delay instead of hammering the CA and
+burning its failed-validation limits. The certificate in force keeps serving meanwhile, and from
+a week before its expiry the state asks for a warning. `kick()` runs the step in the background
+so a reconcile pass never waits for a CA.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from letterbox.acme.challenge import TxtPublisher
 from letterbox.acme.issuer import (
@@ -50,6 +53,9 @@ class AcmeRequest:
     account_secret: str
     """Secret holding the account key (`private.pem`); generated when missing."""
     email: str | None = None
+    state_secret: str | None = None
+    """Opaque Secret keeping the back-off across restarts (a key per certificate Secret); None
+    keeps it in memory only."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,44 @@ class _Held:
     hosts: frozenset[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Failures:
     count: int
     retry_at: datetime
     error: str
+    attempted: tuple[str, ...]
+    """The directory URL and hosts that failed: a changed request deserves a prompt try."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "failures": self.count,
+                "retryAt": self.retry_at.astimezone(UTC).isoformat(),
+                "error": self.error[:MAX_STORED_ERROR],
+                "attempted": list(self.attempted),
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> _Failures | None:
+        try:
+            data: Any = json.loads(raw)
+            return cls(
+                int(data["failures"]),
+                datetime.fromisoformat(str(data["retryAt"]).replace("Z", "+00:00")),
+                str(data["error"]),
+                tuple(str(x) for x in data["attempted"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None  # unreadable state: as if there were none
+
+
+def _attempted(request: AcmeRequest) -> tuple[str, ...]:
+    return (request.directory_url, *request.hosts)
+
+
+# Secret values are small; an error text is only there to be shown again after a restart.
+MAX_STORED_ERROR = 1000
 
 
 def _held(data: Mapping[str, bytes] | None) -> _Held | None:
@@ -101,6 +140,10 @@ class AcmeCertificates:
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _failures: dict[str, _Failures] = field(default_factory=dict, init=False)
+    _restored: set[str] = field(default_factory=set, init=False)
+    _state_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _ordering: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    """One order at a time: the `acme` client's nonce pool is not safe across threads."""
     _issuers: dict[tuple[str, str], AcmeIssuer] = field(default_factory=dict, init=False)
     _states: dict[str, CertificateState] = field(default_factory=dict, init=False)
     _tasks: dict[str, asyncio.Task[CertificateState]] = field(default_factory=dict, init=False)
@@ -154,7 +197,7 @@ class AcmeCertificates:
         if held is not None and covers:
             renew_at = renewal_time(held.not_before, held.not_after)
             if now < renew_at:
-                self._failures.pop(request.secret_name, None)
+                await self._set_failures(request, None)
                 return CertificateState(
                     True,
                     ISSUED,
@@ -163,12 +206,13 @@ class AcmeCertificates:
                     held.serial,
                     renew_at,
                 )
-        failures = self._failures.get(request.secret_name)
+        failures = await self._failures_of(request)
         if failures is not None and now < failures.retry_at:
             return self._failing(held if covers else None, failures, now)
         try:
             issuer = await self._issuer(request)
-            issued = await issuer.issue(request.hosts, publisher)
+            async with self._ordering:
+                issued = await issuer.issue(request.hosts, publisher)
             await self.store.put(
                 request.secret_name,
                 {
@@ -179,8 +223,10 @@ class AcmeCertificates:
             )
         except (AcmeError, OSError) as error:
             count = failures.count + 1 if failures else 1
-            failures = _Failures(count, now + self.backoff.delay(count), str(error))
-            self._failures[request.secret_name] = failures
+            failures = _Failures(
+                count, now + self.backoff.delay(count), str(error), _attempted(request)
+            )
+            await self._set_failures(request, failures)
             log.warning(
                 "certificate for %s: attempt %d failed, next at %s: %s",
                 ", ".join(request.hosts),
@@ -189,7 +235,7 @@ class AcmeCertificates:
                 error,
             )
             return self._failing(held if covers else None, failures, now)
-        self._failures.pop(request.secret_name, None)
+        await self._set_failures(request, None)
         renew_at = renewal_time(issued.not_before, issued.not_after)
         return CertificateState(
             True,
@@ -199,6 +245,54 @@ class AcmeCertificates:
             issued.serial,
             renew_at,
         )
+
+    # --- back-off state, kept across restarts ------------------------------------------------
+
+    async def _failures_of(self, request: AcmeRequest) -> _Failures | None:
+        """The back-off of this request: from memory, or (first time after a start) from the
+        state Secret. Failures of a different request (hosts, directory) do not count."""
+        name = request.secret_name
+        if name not in self._restored and request.state_secret is not None:
+            self._restored.add(name)
+            try:
+                stored = await self.store.get(request.state_secret)
+            except Exception as error:  # advisory state: never the reason an order is skipped
+                log.warning("could not read the ACME back-off state: %s", error)
+                stored = None
+            raw = (stored or {}).get(name)
+            restored = _Failures.from_json(raw) if raw is not None else None
+            if restored is not None and name not in self._failures:
+                self._failures[name] = restored
+                log.info(
+                    "certificate %s: %d failed attempts before the restart, next at %s",
+                    name,
+                    restored.count,
+                    _iso(restored.retry_at),
+                )
+        failures = self._failures.get(name)
+        if failures is not None and failures.attempted != _attempted(request):
+            return None
+        return failures
+
+    async def _set_failures(self, request: AcmeRequest, failures: _Failures | None) -> None:
+        name = request.secret_name
+        before = self._failures.pop(name, None)
+        if failures is not None:
+            self._failures[name] = failures
+        if request.state_secret is None or (before is None and failures is None):
+            return
+        async with self._state_lock:  # read-modify-write of a Secret shared by certificates
+            try:
+                data = dict(await self.store.get(request.state_secret) or {})
+                if failures is None:
+                    if name not in data:
+                        return
+                    del data[name]
+                else:
+                    data[name] = failures.to_json()
+                await self.store.put(request.state_secret, data, tls=False)
+            except Exception as error:  # advisory state: the in-memory back-off still holds
+                log.warning("could not store the ACME back-off state: %s", error)
 
     def _failing(self, held: _Held | None, failures: _Failures, now: datetime) -> CertificateState:
         retry = f"attempt {failures.count} failed ({failures.error}); next at "

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
+
+import certifi
 
 from letterbox.acme.challenge import TxtPublisher
 from letterbox.acme.issuer import AcmeError
 from letterbox.acme.policy import directory_url, expiry_warning_due
 from letterbox.api.maildomain import MailDomain, MailDomainSpec
 from letterbox.api.meta import ConditionStatus, Resource
-from letterbox.api.settings import OperatorSettings
+from letterbox.api.settings import AcmeSettings, OperatorSettings
 from letterbox.certs.acme import AcmeCertificates, AcmeRequest, CertificateState
 from letterbox.certs.dns01 import ProviderTxtPublisher
 from letterbox.certs.store import TLS_CERT_KEY, TLS_KEY_KEY, KubeSecretStore, SecretApi
@@ -91,6 +96,33 @@ def observation_of(state: CertificateState) -> CertificateObservation:
     return CertificateObservation(status, state.reason, state.message, state.not_after)
 
 
+def combine(parts: Sequence[tuple[str, CertificateObservation]]) -> CertificateObservation:
+    """One CertificateReady for the workload's certificates (they share the condition): the
+    worst one decides (False before Unknown before True, a problem before Issued), the earliest
+    not-after is reported, and each certificate's message is kept."""
+    if len(parts) == 1:
+        return parts[0][1]
+    rank = {ConditionStatus.FALSE: 0, ConditionStatus.UNKNOWN: 1, ConditionStatus.TRUE: 2}
+    worst = min(
+        (seen for _, seen in parts), key=lambda o: (rank[o.status], o.reason == render.ISSUED)
+    )
+    expiries = [seen.not_after for _, seen in parts if seen.not_after is not None]
+    message = "; ".join(f"{label} certificate: {seen.message}" for label, seen in parts)
+    return CertificateObservation(
+        worst.status, worst.reason, message, min(expiries) if expiries else None
+    )
+
+
+def ca_bundle_file(pem: str) -> str:
+    """A file with the system's CAs (certifi's, as requests uses) plus `pem`: requests takes a
+    bundle path, and a private ACME CA must not cost the public ones."""
+    handle, path = tempfile.mkstemp(prefix="letterbox-acme-ca-", suffix=".pem")
+    with os.fdopen(handle, "w") as file:
+        file.write(Path(certifi.where()).read_text())
+        file.write("\n" + pem.strip() + "\n")
+    return path
+
+
 def warning_of(observation: CertificateObservation, now: datetime) -> str | None:
     if observation.reason == EXPIRING_SOON or (
         observation.status is not ConditionStatus.TRUE
@@ -108,13 +140,17 @@ class CertificateKeeper:
     nudge: Callable[[], None] = lambda: None
     """Asks for a reconcile pass (an ACME order finished, a renewal came due)."""
     ca_bundle: str | None = None
-    """CAs to trust for ACME directories besides the system's (tests: Pebble)."""
+    """Path of the CA bundle to trust for ACME directories; unset: the system's, plus
+    `settings.acme.caBundle` when set."""
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     acme: AcmeCertificates = field(init=False)
     _timer: asyncio.TimerHandle | None = field(default=None, init=False)
     _warned: str | None = field(default=None, init=False)
+    _bundle_file: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if self.ca_bundle is None and self.settings.acme.ca_bundle:
+            self._bundle_file = self.ca_bundle = ca_bundle_file(self.settings.acme.ca_bundle)
         store = KubeSecretStore(self.kube, self.settings.namespace, self.settings.name)
         self.acme = AcmeCertificates(store, ca_bundle=self.ca_bundle, clock=self.clock)
 
@@ -199,17 +235,23 @@ class CertificateKeeper:
         email: str | None,
         secrets: Mapping[str, SecretValues],
     ) -> CertificateObservation:
-        request = AcmeRequest(
-            self.secret_name,
-            render.mail_hosts(specs),
-            directory_url(directory),
-            f"{self.settings.name}-acme-account",
-            email,
-        )
-        state = self.acme.kick(
-            request, lambda: RoutingPublisher(specs, secrets), on_done=self._finished
-        )
-        return observation_of(state)
+        parts: list[tuple[str, CertificateObservation]] = []
+        for wanted in render.wanted_certificates(self.settings, specs):
+            request = AcmeRequest(
+                wanted.secret_name,
+                wanted.hosts,
+                directory_url(directory),
+                f"{self.settings.name}-acme-account",
+                email,
+                state_secret=f"{self.settings.name}-acme-state",
+            )
+            state = self.acme.kick(
+                request,
+                lambda: RoutingPublisher(specs, secrets, self.settings.acme),
+                on_done=self._finished,
+            )
+            parts.append((wanted.part, observation_of(state)))
+        return combine(parts)
 
     async def _finished(self, state: CertificateState, publisher: TxtPublisher) -> None:
         if isinstance(publisher, RoutingPublisher):
@@ -253,6 +295,9 @@ class CertificateKeeper:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._bundle_file is not None:
+            Path(self._bundle_file).unlink(missing_ok=True)
+            self._bundle_file = None
 
 
 def certificate_status(
@@ -271,8 +316,12 @@ class RoutingPublisher:
     one certificate can name mail hosts of domains with different DNS providers."""
 
     def __init__(
-        self, specs: Sequence[MailDomainSpec], secrets: Mapping[str, SecretValues]
+        self,
+        specs: Sequence[MailDomainSpec],
+        secrets: Mapping[str, SecretValues],
+        settings: AcmeSettings | None = None,
     ) -> None:
+        settings = settings or AcmeSettings()
         self.publishers: dict[str, ProviderTxtPublisher] = {}
         self.errors: dict[str, str] = {}
         for spec in specs:
@@ -289,7 +338,10 @@ class RoutingPublisher:
                 continue
             if provider is not None:
                 self.publishers[spec.effective_zone] = ProviderTxtPublisher(
-                    provider, spec.effective_zone
+                    provider,
+                    spec.effective_zone,
+                    authoritative=settings.authoritative_servers,
+                    propagation_timeout=settings.propagation_timeout_seconds,
                 )
 
     def _for(self, name: str) -> ProviderTxtPublisher:
@@ -306,6 +358,14 @@ class RoutingPublisher:
 
     async def publish(self, name: str, value: str) -> None:
         await self._for(name).publish(name, value)
+
+    async def wait_visible(self, records: Sequence[tuple[str, str]]) -> None:
+        by_zone: dict[str, list[tuple[str, str]]] = {}
+        for name, value in records:
+            by_zone.setdefault(self._for(name).zone, []).append((name, value))
+        await asyncio.gather(
+            *(self.publishers[zone].wait_visible(group) for zone, group in by_zone.items())
+        )
 
     async def withdraw(self, name: str, value: str) -> None:
         await self._for(name).withdraw(name, value)

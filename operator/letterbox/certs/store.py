@@ -50,6 +50,9 @@ class DirectorySecretStore:
         ordered = sorted(data, key=lambda key: key != TLS_KEY_KEY)
         for key in ordered:
             _write_atomically(directory / key, data[key])
+        for stale in directory.iterdir():  # "exactly `data`", as a replaced Secret holds
+            if stale.is_file() and not stale.name.startswith(".") and stale.name not in data:
+                stale.unlink()
 
 
 def _write_atomically(path: Path, content: bytes) -> None:

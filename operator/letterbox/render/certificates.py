@@ -160,34 +160,42 @@ def render_certificate(
     }
 
 
+@dataclass(frozen=True)
+class WantedCertificate:
+    """A certificate the workload needs, whoever issues it."""
+
+    part: str
+    """`mail` or `web`: the Certificate is `<name>-<part>`."""
+    secret_name: str
+    hosts: tuple[str, ...]
+    """DNS names, the first one the subject."""
+
+
+def wanted_certificates(
+    settings: OperatorSettings, domains: Sequence[MailDomainSpec]
+) -> list[WantedCertificate]:
+    """The mail hosts into the pods' Secret, and the MTA-STS/autoconfig hosts into the web
+    Ingress's Secret when there is one (and cert-manager's ingress-shim does not fill it)."""
+    if not domains:
+        return []
+    wanted = [WantedCertificate("mail", WorkloadNames.of(settings).tls_secret, mail_hosts(domains))]
+    web_secret = web_secret_name(settings)
+    hosts = all_web_hosts(domains)
+    if web_secret is not None and hosts and not _ingress_shim_issues(settings):
+        wanted.append(WantedCertificate("web", web_secret, hosts))
+    return wanted
+
+
 def render_certificates(
     settings: OperatorSettings, domains: Sequence[MailDomainSpec], issuer: IssuerRef
 ) -> list[dict[str, Any]]:
-    """The Certificates of certManager mode: the mail hosts into the pods' Secret, and the
-    MTA-STS/autoconfig hosts into the web Ingress's Secret when there is one."""
-    if not domains:
-        return []
-    certificates = [
+    """The Certificates of certManager mode (`wanted_certificates`)."""
+    return [
         render_certificate(
-            settings,
-            certificate_name(settings, "mail"),
-            WorkloadNames.of(settings).tls_secret,
-            mail_hosts(domains),
-            issuer,
+            settings, certificate_name(settings, w.part), w.secret_name, w.hosts, issuer
         )
+        for w in wanted_certificates(settings, domains)
     ]
-    web_secret = web_secret_name(settings)
-    if web_secret is not None and not _ingress_shim_issues(settings):
-        certificates.append(
-            render_certificate(
-                settings,
-                certificate_name(settings, "web"),
-                web_secret,
-                all_web_hosts(domains),
-                issuer,
-            )
-        )
-    return certificates
 
 
 def render_tls_secret(

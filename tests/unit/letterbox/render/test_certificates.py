@@ -145,6 +145,22 @@ def test_no_web_certificate_without_an_ingress_or_when_ingress_shim_issues_it() 
     assert certs.render_certificates(load_settings(None), [], issuer) == []
 
 
+def test_wanted_certificates_are_what_either_issuer_fills() -> None:
+    """The same list drives cert-manager's Certificates and the built-in ACME orders."""
+    wanted = certs.wanted_certificates(load_settings(WITH_INGRESS), DOMAINS)
+    assert [(w.part, w.secret_name) for w in wanted] == [
+        ("mail", "mailpod-tls"),
+        ("web", "letterbox-web-tls"),
+    ]
+    assert wanted[0].hosts == ("mail.example.org", "mx.example.com")
+    assert wanted[1].hosts[0] == "autoconfig.example.com" and len(wanted[1].hosts) == 7
+    rendered = certs.render_certificates(load_settings(WITH_INGRESS), DOMAINS, IssuerRef(name="x"))
+    assert [tuple(c["spec"]["dnsNames"]) for c in rendered] == [w.hosts for w in wanted]
+    # No Ingress: nothing uses a web certificate.
+    assert [w.part for w in certs.wanted_certificates(load_settings(None), DOMAINS)] == ["mail"]
+    assert certs.wanted_certificates(load_settings(WITH_INGRESS), []) == []
+
+
 def test_schema_check_can_fail() -> None:
     rendered = certs.render_certificates(load_settings(None), DOMAINS, IssuerRef(name="x"))[0]
     rendered["spec"]["privateKey"]["algorithm"] = "DSA"
