@@ -193,7 +193,8 @@ class RateLimit(Model):
 
 
 class RateLimits(Model):
-    """Per worker process; each key is the client IP or its /24 (IPv6: /64). None disables."""
+    """Pod-wide (shared by the workers); each key is the client IP or its /24 (IPv6: /64).
+    None disables."""
 
     connections_per_ip: RateLimit | None = RateLimit(count=60, seconds=60)
     connections_per_network: RateLimit | None = RateLimit(count=300, seconds=60)

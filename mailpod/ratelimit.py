@@ -1,29 +1,134 @@
 """Token-bucket rate limits keyed by client IP and by its network (/24 for IPv4, /64 for IPv6):
 a bot farm spread over one provider's block is limited as one client.
 
-State lives in the worker process (no I/O per connection); with N workers the effective limit is
-up to N times the configured one, since the kernel spreads connections across them."""
+The limits are pod-wide: the buckets live in one shared-memory table (`BucketTable`) that the
+parent creates before it forks the workers, so every worker maps the same pages and the kernel
+spreading connections over N workers does not multiply the limit by N. The table is a fixed
+array of slots (fingerprint, tokens, last update) in stripes; a POSIX record lock on the stripe
+serialises the read-modify-write of one bucket between processes. Record locks are dropped by
+the kernel when a process dies, so a worker killed mid-update cannot wedge the others; the worst
+it leaves is one bucket's count off. No I/O but two fcntl calls per decision.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import ipaddress
+import mmap
+import os
+import struct
+import tempfile
 import time
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable
 from typing import Final
 
 from mailpod.config import RateLimit
 
-MAX_KEYS: Final = 100_000  # memory bound: the least recently seen keys are forgotten first
+SLOTS: Final = 1 << 17  # 3 MiB shared; the memory bound replacing a per-worker LRU of keys
+STRIPE_SLOTS: Final = 64  # the unit of locking; a key lives in one stripe
+PROBES: Final = 8  # slots a key may occupy from its home slot on
+_SLOT: Final = struct.Struct("<Qdd")  # fingerprint (0 = empty), tokens, last update
 
 
 def network_key(ip: str) -> str:
     """The client's /24 (IPv4) or /64 (IPv6), as text."""
+    # Peer addresses arrive as canonical text (from the socket or a parsed PROXY header): a
+    # dotted quad needs no parsing, which is most of this function's cost per decision.
+    if ip.count(".") == 3 and ip.replace(".", "").isdigit():
+        return ip.rpartition(".")[0] + ".0/24"
     address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return f"{ipaddress.IPv6Address(int(address) >> 64 << 64)}/64"
         address = address.ipv4_mapped
-    prefix = 24 if address.version == 4 else 64
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    return f"{ipaddress.IPv4Address(int(address) & 0xFFFFFF00)}/24"
+
+
+def _shared_file(size: int) -> int:
+    # memfd: no file system needed (the pod's root may be read-only); a deleted temporary file
+    # elsewhere.
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("mailpod-ratelimit", os.MFD_CLOEXEC)
+    else:  # pragma: no cover (not Linux)
+        fd, path = tempfile.mkstemp(prefix="mailpod-ratelimit-")
+        os.unlink(path)
+    os.ftruncate(fd, size)
+    return fd
+
+
+class BucketTable:
+    """Token buckets shared by every process forked after it was made.
+
+    A full table forgets the least recently updated bucket of a key's probe window first; a
+    forgotten bucket starts full again, which only errs towards letting a client in."""
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        stripe = min(STRIPE_SLOTS, slots)
+        if slots % stripe:
+            raise ValueError("slots must be a multiple of the stripe size")
+        self._stripe = stripe
+        self._stripes = slots // stripe
+        self._probes = min(PROBES, stripe)
+        self._fd = _shared_file(slots * _SLOT.size)
+        self._map = mmap.mmap(self._fd, slots * _SLOT.size)  # MAP_SHARED: stays shared on fork
+        # The descriptor is what the stripe locks are taken on, so it lives as long as the table.
+        weakref.finalize(self, os.close, self._fd)
+
+    def _locate(self, fingerprint: int) -> tuple[int, int]:
+        """(first byte of the key's stripe, its home slot within the stripe)."""
+        stripe = (fingerprint >> 32) % self._stripes
+        return stripe * self._stripe * _SLOT.size, fingerprint % self._stripe
+
+    def take(self, fingerprint: int, capacity: float, rate: float, now: float) -> bool:
+        """Refill the bucket at `rate` tokens a second up to `capacity`, then take a token if
+        there is one. `fingerprint` must not be 0."""
+        base, home = self._locate(fingerprint)
+        length = self._stripe * _SLOT.size
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, length, base)
+        try:
+            offset, tokens = self._tokens(base, home, fingerprint, capacity, rate, now)
+            allowed = tokens >= 1.0
+            _SLOT.pack_into(
+                self._map, offset, fingerprint, tokens - 1.0 if allowed else tokens, now
+            )
+            return allowed
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, base)
+
+    def peek(self, fingerprint: int, capacity: float, rate: float, now: float) -> float:
+        """The bucket's tokens now (`capacity` for an unknown key), without taking one."""
+        base, home = self._locate(fingerprint)
+        length = self._stripe * _SLOT.size
+        fcntl.lockf(self._fd, fcntl.LOCK_SH, length, base)
+        try:
+            return self._tokens(base, home, fingerprint, capacity, rate, now)[1]
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, base)
+
+    def _tokens(
+        self, base: int, home: int, fingerprint: int, capacity: float, rate: float, now: float
+    ) -> tuple[int, float]:
+        """(offset of the key's slot, its tokens refilled up to now). An unknown key gets an
+        empty slot or else the least recently updated one of its window, and a full bucket.
+        Slots never become empty again, so the first empty one ends the search."""
+        victim, oldest = -1, float("inf")
+        for probe in range(self._probes):
+            offset = base + (home + probe) % self._stripe * _SLOT.size
+            found, tokens, when = _SLOT.unpack_from(self._map, offset)
+            if found == fingerprint:
+                return offset, min(capacity, tokens + max(0.0, now - when) * rate)
+            if found == 0:
+                return offset, capacity
+            if when < oldest:
+                victim, oldest = offset, when
+        return victim, capacity
+
+
+def _fingerprint(text: str) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return value or 1
 
 
 class RateLimiter:
@@ -33,44 +138,44 @@ class RateLimiter:
         self,
         limit: RateLimit,
         clock: Callable[[], float] = time.monotonic,
-        max_keys: int = MAX_KEYS,
+        table: BucketTable | None = None,
+        name: str = "",
     ) -> None:
         self.limit = limit
+        self._capacity = float(limit.count)
         self._rate = limit.count / limit.seconds
         self._clock = clock
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+        self._table = table if table is not None else BucketTable()
+        # The limit is part of the key, so changing it starts fresh buckets in every worker at
+        # once with no coordination; the old ones age out of the table.
+        self._prefix = f"{name}|{limit.count}/{limit.seconds}|"
 
     def allow(self, key: str) -> bool:
-        now = self._clock()
-        tokens, when = self._buckets.pop(key, (float(self.limit.count), now))
-        tokens = min(float(self.limit.count), tokens + (now - when) * self._rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-        return allowed
+        fingerprint = _fingerprint(self._prefix + key)
+        return self._table.take(fingerprint, self._capacity, self._rate, self._clock())
 
     def retry_after(self, key: str) -> float:
         """Seconds until `key` has a token again (0 if it has one)."""
-        tokens, when = self._buckets.get(key, (float(self.limit.count), self._clock()))
-        tokens = min(float(self.limit.count), tokens + (self._clock() - when) * self._rate)
+        fingerprint = _fingerprint(self._prefix + key)
+        tokens = self._table.peek(fingerprint, self._capacity, self._rate, self._clock())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
 
 
 class ClientLimits:
-    """A limit per IP and one per network, kept across config reloads while unchanged."""
+    """A limit per IP and one per network, over one bucket table (pass the pod's shared table;
+    without one, the limits are this process's own)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, table: BucketTable | None = None
+    ) -> None:
         self._clock = clock
+        self._table = table if table is not None else BucketTable()
         self._limiters: dict[str, RateLimiter] = {}
 
     def _limiter(self, name: str, limit: RateLimit) -> RateLimiter:
         limiter = self._limiters.get(name)
         if limiter is None or limiter.limit != limit:
-            limiter = self._limiters[name] = RateLimiter(limit, self._clock)
+            limiter = self._limiters[name] = RateLimiter(limit, self._clock, self._table, name)
         return limiter
 
     def allow(

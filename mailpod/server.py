@@ -32,9 +32,9 @@ from typing import Any
 
 from mailpod import dkim, metrics
 from mailpod.auth import Authenticator, AuthResult
+from mailpod.checks.dnsreload import ReloadingResolver
 from mailpod.checks.inbound import InboundChecker
 from mailpod.config import Listener, ListenerKind, MailpodConfig, load_config
-from mailpod.dns import CachingResolver
 from mailpod.imap import tlsbuffer
 from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
@@ -46,6 +46,7 @@ from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.proxy import is_trusted
 from mailpod.queue.service import OutboundService
 from mailpod.queue.store import RemoteRecipient
+from mailpod.ratelimit import BucketTable
 from mailpod.smtp.handler import MailSMTP, SmtpHandler
 from mailpod.state import PodState, Snapshot
 from mailpod.storage.maildir import MaildirStorage
@@ -79,20 +80,27 @@ class PodRuntime:
     """The concrete SmtpRuntime and ImapRuntime of a worker."""
 
     state: PodState
+    buckets: BucketTable | None = None
+    """The pod-wide rate-limit table the parent made before forking (None: this process's own)."""
     hostname: str = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.state.snapshot.config
         self.hostname = config.hostname
         self.authenticator = Authenticator(config)
-        # One resolver per worker (shared cache and coalescing); its settings apply at start.
-        self.resolver = CachingResolver(config.resolver)
-        self.inbound = InboundChecker(lambda: self.state.snapshot.config, self.resolver)
+        # One resolver per worker (shared cache and coalescing) for the checks and the queue,
+        # rebuilt when a reload changes its settings.
+        self.resolver = ReloadingResolver(lambda: self.state.snapshot.config.resolver)
+        self.inbound = InboundChecker(
+            lambda: self.state.snapshot.config, self.resolver, buckets=self.buckets
+        )
         self.storage = MaildirStorage(config.storage.mail_root, hostname=config.hostname)
         # IMAP index work (SQLite with fsync, renames) off the event loop; sized for disk
         # latency, and separate from the password-hashing threads.
         self.imap_pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="imap")
-        self.outbound = OutboundService(lambda: self.state.snapshot.config, self.imap_pool)
+        self.outbound = OutboundService(
+            lambda: self.state.snapshot.config, self.imap_pool, self.resolver
+        )
 
     async def open_mailbox(self, user: str) -> MailboxSession:
         config = self.state.snapshot.config
@@ -237,13 +245,14 @@ async def serve(
     sockets: list[socket.socket],
     stop: asyncio.Event | None = None,
     api: KubeSourceSettings | None = None,
+    buckets: BucketTable | None = None,
 ) -> None:
     """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
     # asyncio gives every TLS connection its own 256 KiB read buffer for life; one per process
     # is enough (mailpod.imap.tlsbuffer), which matters with 1,000 idle IMAP connections.
     tlsbuffer.install()
     state = PodState.load(config_paths)
-    runtime = PodRuntime(state)
+    runtime = PodRuntime(state, buckets)
     config = state.snapshot.config
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -329,7 +338,9 @@ def run(config_paths: list[Path], workers: int, api: KubeSourceSettings | None =
     if workers <= 1:
         asyncio.run(serve(config_paths, sockets, api=api))
         return 0
-    return _supervise(config_paths, sockets, workers, api)
+    # Made before the fork so every worker, replacements included, maps the same rate limits.
+    buckets = BucketTable()
+    return _supervise(config_paths, sockets, workers, api, buckets)
 
 
 def _supervise(
@@ -337,6 +348,7 @@ def _supervise(
     sockets: list[socket.socket],
     workers: int,
     api: KubeSourceSettings | None,
+    buckets: BucketTable,
 ) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -348,7 +360,7 @@ def _supervise(
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                asyncio.run(serve(config_paths, sockets, api=api))
+                asyncio.run(serve(config_paths, sockets, api=api, buckets=buckets))
             except BaseException:
                 log.exception("worker crashed")
                 code = 1

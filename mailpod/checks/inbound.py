@@ -37,7 +37,7 @@ from mailpod.dkim import DkimResult, DkimStatus, ParsedMessage
 from mailpod.dkim import verify as dkim_verify
 from mailpod.dns import Resolver
 from mailpod.errors import SmtpError
-from mailpod.ratelimit import ClientLimits
+from mailpod.ratelimit import BucketTable, ClientLimits
 
 log = logging.getLogger("mailpod.checks")
 
@@ -95,10 +95,12 @@ class InboundChecker:
         config: Callable[[], MailpodConfig],
         resolver: Resolver,
         clock: Callable[[], float] = time.monotonic,
+        buckets: BucketTable | None = None,
     ) -> None:
+        """`buckets`: the pod's shared rate-limit table (without it, limits are per process)."""
         self._config = config
         self.resolver = resolver
-        self.limits = ClientLimits(clock)
+        self.limits = ClientLimits(clock, buckets)
         self._rng = random.Random()  # noqa: S311 (pct= sampling, not security)
         self._greylist: Greylist | None = None
         self._reports_fd: int | None = None

@@ -288,7 +288,7 @@ def test_forged_helo_is_refused(pod: MailpodProcess) -> None:
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory, zones: PowerDns) -> Iterator[MailpodProcess]:
-    """One worker (the limits are per worker), PROXY v2 on port 25 from a trusted 127.0.0.1."""
+    """One worker, PROXY v2 on port 25 from a trusted 127.0.0.1."""
     root = Path(tmp_path_factory.mktemp("proxied"))
     overrides = _checks(
         zones.nameserver,

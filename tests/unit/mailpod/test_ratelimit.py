@@ -1,15 +1,18 @@
-"""Token buckets per IP and per /24 (/64)."""
+"""Token buckets per IP and per /24 (/64), in a table shared across forked processes."""
 
 from __future__ import annotations
 
+import multiprocessing
+
 from mailpod.config import RateLimit
-from mailpod.ratelimit import ClientLimits, RateLimiter, network_key
+from mailpod.ratelimit import BucketTable, ClientLimits, RateLimiter, network_key
 
 
 def test_network_keys() -> None:
     assert network_key("192.0.2.77") == "192.0.2.0/24"
     assert network_key("::ffff:192.0.2.77") == "192.0.2.0/24"
     assert network_key("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert network_key("2001:db8::1") == "2001:db8::/64"
 
 
 def test_bucket_allows_a_burst_then_refills() -> None:
@@ -24,11 +27,27 @@ def test_bucket_allows_a_burst_then_refills() -> None:
     assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]  # capped at 3
 
 
-def test_bounded_memory() -> None:
-    limiter = RateLimiter(RateLimit(count=1, seconds=60), max_keys=2)
-    for key in ("a", "b", "c"):
+def test_bounded_memory_forgets_the_least_recently_updated_key() -> None:
+    now = [0.0]
+    # One stripe of 8 slots: every key lands in the same probe window.
+    table = BucketTable(slots=8)
+    limiter = RateLimiter(RateLimit(count=1, seconds=60), lambda: now[0], table)
+    keys = [f"k{n}" for n in range(9)]
+    for key in keys:
+        now[0] += 1
         assert limiter.allow(key)
-    assert limiter.allow("a")  # forgotten, so a full bucket again
+    # k0 was updated longest ago and gave its slot to k8: it starts full again; the others
+    # are still remembered.
+    assert limiter.allow("k0")
+    assert not any(limiter.allow(key) for key in keys[2:])
+
+
+def test_a_changed_limit_starts_fresh_buckets() -> None:
+    table = BucketTable(slots=64)
+    strict = RateLimiter(RateLimit(count=1, seconds=60), table=table, name="x")
+    assert strict.allow("a") and not strict.allow("a")
+    looser = RateLimiter(RateLimit(count=2, seconds=60), table=table, name="x")
+    assert looser.allow("a") and looser.allow("a") and not looser.allow("a")
 
 
 def test_network_limit_catches_a_spread_out_client() -> None:
@@ -39,3 +58,30 @@ def test_network_limit_catches_a_spread_out_client() -> None:
     assert results == [True, True, True, False, False]
     assert limits.allow("c", "198.51.100.1", per_ip, per_net)
     assert limits.allow("c", "192.0.2.1", None, None)  # both limits off
+
+
+def _hammer(table: BucketTable, start: multiprocessing.synchronize.Event, queue: object) -> None:
+    limiter = RateLimiter(RateLimit(count=3000, seconds=1e9), table=table)
+    start.wait()
+    allowed = sum(limiter.allow("one client") for _ in range(2000))
+    queue.put(allowed)  # type: ignore[attr-defined]
+
+
+def test_processes_forked_after_the_table_share_one_limit_exactly() -> None:
+    """Four processes race for one bucket of 3,000 tokens with 8,000 attempts: exactly 3,000
+    win (the stripe lock loses no update), however the attempts interleave."""
+    table = BucketTable(slots=1024)
+    context = multiprocessing.get_context("fork")
+    start, queue = context.Event(), context.Queue()
+    workers = [context.Process(target=_hammer, args=(table, start, queue)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    counts = [queue.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sum(counts) == 3000, counts
+    assert len([c for c in counts if c]) >= 2  # at most 2,000 each: they shared the bucket
+    # The parent sees what its children spent.
+    assert not RateLimiter(RateLimit(count=3000, seconds=1e9), table=table).allow("one client")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailpod.checks.inbound import InboundChecker
 from mailpod.config import MailpodConfig
-from mailpod.dkim import key_record
+from mailpod.dkim import key_record, parse_key_record
 from mailpod.errors import SmtpError
 from tests.unit.mailpod.checks.zonedata import ZoneResolver
 from tests.unit.mailpod.test_dkim import RFC_8463_A3_ED25519, RFC_ED25519_RECORD, RFC_MESSAGE
@@ -102,3 +102,19 @@ async def test_spf_fail_reject_refuses_at_mail_from(tmp_path: Path) -> None:
     with pytest.raises(SmtpError) as refused:
         await inbound.mail("192.0.2.1", "mx.football.example.com", "joe@football.example.com")
     assert refused.value.reply().startswith("550 5.7.23 SPF check failed")
+
+
+async def test_a_warm_key_is_not_parsed_again(tmp_path: Path) -> None:
+    """The key record's parse (and the public key object OpenSSL keeps its precomputation in) is
+    cached by record text, so a second message from a signer costs no key parse."""
+    inbound = checker(tmp_path)
+    signed = dkimpy.sign(MESSAGE, b"s1", b"bank.test", PEM) + MESSAGE
+    tx = await inbound.mail("192.0.2.1", "mx.bank.test", "pay@bank.test")
+    await inbound.data(tx, signed)
+    before = parse_key_record.cache_info()
+    for _ in range(3):
+        tx = await inbound.mail("192.0.2.1", "mx.bank.test", "pay@bank.test")
+        outcome = await inbound.data(tx, signed)
+        assert outcome.summary["dkim"] == "pass"
+    after = parse_key_record.cache_info()
+    assert (after.misses, after.hits) == (before.misses, before.hits + 3)
