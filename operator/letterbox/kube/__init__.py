@@ -15,6 +15,8 @@ from letterbox.kube.client import (
     Objects,
     Propagation,
     StatusWrite,
+    WatchEvent,
+    WatchStream,
     owner_reference,
 )
 from letterbox.kube.discovery import ResourceInfo
@@ -22,6 +24,7 @@ from letterbox.kube.errors import (
     AlreadyExists,
     Cause,
     Conflict,
+    Expired,
     Forbidden,
     Invalid,
     KubeError,
@@ -39,6 +42,7 @@ __all__ = [
     "Conflict",
     "EnsuredSecret",
     "EventType",
+    "Expired",
     "Forbidden",
     "Invalid",
     "Kube",
@@ -50,5 +54,7 @@ __all__ = [
     "ResourceInfo",
     "StatusWrite",
     "Unavailable",
+    "WatchEvent",
+    "WatchStream",
     "owner_reference",
 ]

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from letterbox.api.meta import API_VERSION, Resource, Status
 from letterbox.kube.client import (
     LIST_PAGE,
+    WATCH_SECONDS,
     EnsuredSecret,
     Kube,
     Object,
     Objects,
     Propagation,
     StatusWrite,
+    WatchEvent,
 )
 from letterbox.kube.discovery import ResourceInfo
 from letterbox.kube.events import EventType
@@ -199,6 +203,60 @@ class AsyncKube:
             label_selector=label_selector,
             page_size=page_size,
         )
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        transform: Callable[[WatchEvent], T],
+        deliver: Callable[[Sequence[T]], None],
+        *,
+        resource_version: str | None = None,
+        timeout_seconds: int = WATCH_SECONDS,
+    ) -> str:
+        """One watch request to its end (see `Kube.watch`); returns the resourceVersion to
+        resume from. It runs in a thread of its own, not in the pool: it lasts minutes, and
+        the pool bounds calls in flight. `transform` (e.g. parsing) runs in that thread for
+        every event; `deliver` gets the results on the event loop, a batch per chunk the
+        server sent. Cancelling closes the stream."""
+        loop = asyncio.get_running_loop()
+        stream = await self._run(
+            self.sync.watch,
+            api_version,
+            kind,
+            namespace,
+            resource_version=resource_version,
+            timeout_seconds=timeout_seconds,
+        )
+        finished: asyncio.Future[str] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if finished.done():
+                return
+            if error is None:
+                finished.set_result(stream.resource_version)
+            else:
+                finished.set_exception(error)
+
+        def pump() -> None:
+            outcome: BaseException | None = None
+            try:
+                for events in stream:
+                    batch = [transform(event) for event in events]
+                    loop.call_soon_threadsafe(deliver, batch)
+            except BaseException as error:  # handed to the awaiting task, not lost
+                outcome = error
+            # Loop gone (shutdown): nobody waits for this stream any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, outcome)
+
+        # A daemon thread: a process exiting does not wait minutes for the server to end it.
+        threading.Thread(target=pump, name=f"watch-{kind}", daemon=True).start()
+        try:
+            return await finished
+        finally:
+            stream.close()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

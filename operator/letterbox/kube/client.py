@@ -11,10 +11,11 @@ does not know intact. The calls are synchronous; asyncio code uses `letterbox.ku
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,6 +54,11 @@ LIST_PAGE: Final = 500
 # Keep-alive connections to the API server, at least as many as calls in flight (AsyncKube's
 # threads); the client's default, CPUs * 5, is 10 on two cores.
 CONNECTIONS: Final = 16
+# Server-side length of one watch request (it is resumed from its last resourceVersion), the
+# read timeout beyond it, and the most read from the stream at once.
+WATCH_SECONDS: Final = 300
+WATCH_GRACE: Final = 90.0
+WATCH_READ: Final = 1 << 16
 # Optimistic-concurrency retries for read-compare-write calls before giving up with Conflict.
 WRITE_ATTEMPTS: Final = 3
 
@@ -91,6 +97,101 @@ class EnsuredSecret:
     created: bool
     updated: bool
     data: SecretData = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One event of a watch: ADDED, MODIFIED or DELETED and the object (with apiVersion and
+    kind, as the server sends them in events)."""
+
+    type: str
+    object: Object = field(repr=False)
+
+
+class WatchStream:
+    """An open watch request: iterating yields the events that arrived together (one HTTP
+    chunk), so a consumer can hand them on in batches. Bookmarks only advance
+    `resource_version`. An ERROR event raises its `KubeError` (`Expired` when the version is
+    too old). `close` may be called from any thread and ends the iteration."""
+
+    def __init__(
+        self, response: Any, resource_version: str, *, what: str, resource: str, group: str
+    ) -> None:
+        self._response = response
+        self.resource_version = resource_version
+        self._what, self._resource, self._group = what, resource, group
+        self._closed = self._started = self._finished = False
+        self._batches = self._read()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._finished:
+            return
+        # shutdown() wakes a read blocked in another thread; the iterator then drops the
+        # connection (half read, it must not go back to the pool).
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            self._response.shutdown()
+        if not self._started:
+            self._response.close()
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[list[WatchEvent]]:
+        # One generator per stream: a loop that stops early can be taken up again.
+        return self._batches
+
+    def _read(self) -> Iterator[list[WatchEvent]]:
+        self._started = True
+        pending = b""
+        complete = False
+        try:
+            for chunk in self._response.stream(WATCH_READ, decode_content=True):
+                pending += chunk
+                if b"\n" not in chunk:
+                    continue
+                *lines, pending = pending.split(b"\n")
+                batch = [event for event in map(self._event, lines) if event is not None]
+                if batch:
+                    yield batch
+            complete = True
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if self._closed:
+                return
+            raise Unavailable(
+                f"watch {self._what}: the stream broke: {exc}",
+                verb="watch",
+                resource=self._resource,
+                group=self._group,
+            ) from exc
+        finally:
+            self._finished = True
+            if complete:
+                self._response.release_conn()
+            else:
+                self._response.close()
+
+    def _event(self, line: bytes) -> WatchEvent | None:
+        if not line.strip():
+            return None
+        event = json.loads(line)
+        type_, obj = str(event.get("type") or ""), event.get("object") or {}
+        if type_ == "ERROR":
+            raise _error_from_response(
+                int(obj.get("code") or 500),
+                json.dumps(obj).encode(),
+                verb="watch",
+                resource=self._resource,
+                group=self._group,
+                what=self._what,
+            )
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = str(version)
+        return None if type_ == "BOOKMARK" else WatchEvent(type_, obj)
 
 
 def owner_reference(owner: Resource | Mapping[str, Any], *, controller: bool = True) -> Object:
@@ -262,6 +363,43 @@ class Kube:
     ) -> Any:
         """One HTTP call; JSON in, JSON out, failures as `KubeError`s naming `verb` on
         `resource` so a Forbidden says which Role rule is missing."""
+        response = self._request(
+            verb,
+            method,
+            path,
+            what=what,
+            resource=resource,
+            group=group,
+            query=query,
+            body=body,
+            content_type=content_type,
+        )
+        try:
+            raw: bytes = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(
+                f"{verb} {what}: cannot reach the API server: {exc}",
+                verb=verb,
+                resource=resource,
+                group=group,
+            ) from exc
+        return json.loads(raw) if raw else None
+
+    def _request(
+        self,
+        verb: str,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        resource: str,
+        group: str,
+        query: Mapping[str, str | None] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
+        """Send one request; the client's response (body not yet read) when it succeeded."""
         params = {key: value for key, value in (query or {}).items() if value is not None}
         if method in ("POST", "PATCH", "PUT"):
             # Every write is recorded under one manager in managedFields (SSA sets its own).
@@ -276,9 +414,10 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self.api_client.call_api(*request, _request_timeout=self._timeout)
-            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+            response = self.api_client.call_api(*request, _request_timeout=timeout or self._timeout)
             status = int(response.status)
+            if not 200 <= status < 300:
+                raw: bytes = response.read()  # type: ignore[no-untyped-call]
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise Unavailable(
                 f"{verb} {what}: cannot reach the API server: {exc}",
@@ -290,7 +429,7 @@ class Kube:
             raise _error_from_response(
                 status, raw, verb=verb, resource=resource, group=group, what=what
             )
-        return json.loads(raw) if raw else None
+        return response
 
     def _object_call(
         self,
@@ -447,6 +586,46 @@ class Kube:
             if not token:
                 return tuple(results)
             query["continue"] = token
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        *,
+        resource_version: str | None = None,
+        timeout_seconds: int = WATCH_SECONDS,
+    ) -> WatchStream:
+        """Open a watch of `kind` (in `namespace`, or all namespaces). Without
+        `resource_version` the server first sends the current objects as ADDED events (one
+        request instead of a listing and a watch); with one, the changes after it. The server
+        ends the stream after `timeout_seconds`; resume from `WatchStream.resource_version`."""
+        info = self.resource(api_version, kind)
+        what = _described(info, namespace, None)
+        response = self._request(
+            "watch",
+            "GET",
+            info.path(namespace, None, ""),
+            what=what,
+            resource=info.plural,
+            group=info.group,
+            query={
+                "watch": "true",
+                "allowWatchBookmarks": "true",
+                "resourceVersion": resource_version or None,
+                "timeoutSeconds": str(timeout_seconds),
+            },
+            # Bookmarks come about once a minute, so a read that waits much longer than the
+            # server-side timeout means the connection is gone.
+            timeout=(self._timeout[0], timeout_seconds + WATCH_GRACE),
+        )
+        return WatchStream(
+            response.response,  # urllib3's, streaming: the client never preloads the body
+            resource_version or "",
+            what=what,
+            resource=info.plural,
+            group=info.group,
+        )
 
     def delete(
         self,

@@ -83,6 +83,11 @@ class Unavailable(KubeError):
     """The server could not be reached, timed out, throttled us (429) or failed (5xx)."""
 
 
+class Expired(KubeError):
+    """410 Gone: a watch (or list continuation) asked for a resourceVersion the server no
+    longer keeps. Start again from the current state."""
+
+
 _DENIED = re.compile(
     r'cannot (?P<verb>[a-z]+) resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"'
 )
@@ -147,6 +152,8 @@ def error_from_response(
             f"({server_message})",
             **kwargs,
         )
+    if status == 410:
+        return Expired(f"{prefix}: expired: {server_message}", **kwargs)
     if status in (400, 422):
         return Invalid(f"{prefix}: invalid: {server_message}", **kwargs)
     if status == 429 or status >= 500:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from letterbox.cli import main
-from tests.conftest import EXAMPLES, INVALID_EXAMPLES
+from tests.conftest import EXAMPLES, INVALID_EXAMPLES, REPO
 
 
 def test_crds_writes_one_file_per_kind(tmp_path: Path) -> None:
@@ -117,3 +120,47 @@ def test_warns_about_resources_for_undeclared_domains(
 def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dns-plan", "/nonexistent/x.yaml"]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+_ARENAS = """
+import ctypes, sys, threading
+from letterbox import cli
+if sys.argv[1] == "limit":
+    cli._limit_malloc_arenas()
+libc = ctypes.CDLL(None)
+start = threading.Barrier(8)
+def work():
+    start.wait()  # allocating at the same time is what makes glibc open more arenas
+    for _ in range(2000):
+        keep = [bytearray(256) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.fdopen.restype = ctypes.c_void_p
+out = ctypes.c_void_p(libc.fdopen(1, b"w"))
+libc.malloc_info(0, out)  # glibc's XML report: one <heap> element per arena
+libc.fflush(out)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "explicit", "expected"),
+    [
+        ("limit", None, range(1, 3)),
+        ("none", None, range(3, 100)),  # what the limit is for: a thread pool opens several
+        ("limit", "4", range(3, 5)),  # an explicit MALLOC_ARENA_MAX wins over ours
+    ],
+)
+def test_the_operator_limits_malloc_arenas_unless_told_otherwise(
+    mode: str, explicit: str | None, expected: range
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    environment["PYTHONPATH"] = str(REPO / "operator")
+    if explicit is not None:
+        environment["MALLOC_ARENA_MAX"] = explicit
+    out = subprocess.run(
+        [sys.executable, "-c", _ARENAS, mode], env=environment, capture_output=True, check=True
+    ).stdout.decode()
+    assert out.count("<heap nr=") in expected

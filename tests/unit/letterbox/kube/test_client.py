@@ -19,11 +19,13 @@ from letterbox.api.meta import ObjectMeta
 from letterbox.kube import (
     Conflict,
     EventType,
+    Expired,
     Invalid,
     Kube,
     NotFound,
     Propagation,
     Unavailable,
+    WatchStream,
     owner_reference,
 )
 
@@ -360,3 +362,80 @@ def test_owner_reference_from_a_model_or_a_live_object() -> None:
     assert owner_reference(live_mailbox())["uid"] == "u-1"
     with pytest.raises(ValueError, match="uid"):
         owner_reference({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}})
+
+
+# --- watch streams ----------------------------------------------------------------------------
+
+
+class FakeStream:
+    """urllib3's streaming response as `WatchStream` uses it: chunks cut anywhere."""
+
+    def __init__(self, chunks: list[bytes], fail: Exception | None = None) -> None:
+        self.chunks, self.fail = chunks, fail
+        self.released = self.closed = self.shut = False
+
+    def stream(self, amount: int, decode_content: bool = True) -> Any:
+        yield from self.chunks
+        if self.fail is not None:
+            raise self.fail
+
+    def release_conn(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def watch_line(type_: str, name: str, rv: str, **extra: Any) -> bytes:
+    obj = {"kind": "Mailbox", "metadata": {"name": name, "resourceVersion": rv}, **extra}
+    return json.dumps({"type": type_, "object": obj}).encode() + b"\n"
+
+
+def test_a_watch_stream_yields_events_per_chunk_and_follows_bookmarks() -> None:
+    added, modified = watch_line("ADDED", "a", "5"), watch_line("MODIFIED", "a", "6")
+    bookmark = json.dumps(
+        {"type": "BOOKMARK", "object": {"kind": "Mailbox", "metadata": {"resourceVersion": "9"}}}
+    ).encode()
+    # An event split over two chunks, two events in one chunk, a bookmark at the end.
+    response = FakeStream([added[:10], added[10:] + modified, bookmark[:7], bookmark[7:] + b"\n"])
+    stream = WatchStream(response, "1", what="Mailbox ns/*", resource="mailboxes", group="g")
+    batches = [[(e.type, e.object["metadata"]["resourceVersion"]) for e in b] for b in stream]
+    assert batches == [[("ADDED", "5"), ("MODIFIED", "6")]]  # bookmarks are not events
+    assert stream.resource_version == "9"
+    assert response.released and not response.closed  # read to its end: back to the pool
+
+
+def test_a_watch_stream_error_event_raises_and_a_broken_stream_is_unavailable() -> None:
+    gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+    response = FakeStream([json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n"])
+    stream = WatchStream(response, "1", what="Mailbox ns/*", resource="mailboxes", group="g")
+    with pytest.raises(Expired, match="too old"):
+        list(stream)
+    assert response.closed and not response.released  # half read: never reused
+
+    broken = FakeStream(
+        [watch_line("ADDED", "b", "3")], fail=urllib3.exceptions.ProtocolError("reset")
+    )
+    stream = WatchStream(broken, "1", what="Mailbox ns/*", resource="mailboxes", group="g")
+    batches = iter(stream)
+    assert [e.object["metadata"]["name"] for e in next(batches)] == ["b"]
+    with pytest.raises(Unavailable, match="the stream broke"):
+        next(batches)
+    assert stream.resource_version == "3"  # resume after what was delivered
+
+
+def test_closing_a_watch_stream_ends_it_quietly() -> None:
+    response = FakeStream([watch_line("ADDED", "c", "4")], fail=OSError("shut down"))
+    stream = WatchStream(response, "", what="Mailbox ns/*", resource="mailboxes", group="g")
+    batches = iter(stream)
+    assert len(next(batches)) == 1
+    stream.close()  # e.g. from the event loop while the thread waits for the next chunk
+    assert response.shut
+    assert list(batches) == []  # the read the shutdown broke ends the stream, no error
+    assert response.closed
+    never_read = FakeStream([])
+    WatchStream(never_read, "", what="x", resource="x", group="").close()
+    assert never_read.closed

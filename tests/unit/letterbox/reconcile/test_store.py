@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from letterbox.reconcile.snapshot import Kind, observe, secret_view
-from letterbox.reconcile.store import SECRETS, ObjectStore
+from letterbox.reconcile.store import SECRETS, ObjectStore, needs_pass
 from tests.unit.letterbox.reconcile.test_decide import domain, mailbox
 
 
@@ -87,3 +87,57 @@ def test_a_full_listing_reuses_what_the_store_already_parsed() -> None:
     newer = store.observe(Kind.MAILBOX, version(erin, "21", address="e@example.com"))
     assert newer is not known and newer.model is not None
     assert newer.model.spec.address == "e@example.com"
+
+
+def test_events_prepared_in_another_thread_are_journalled_as_parsed() -> None:
+    store = ObjectStore()
+    frank = version(mailbox("frank", "frank@example.com"), "30")
+    store.event(Kind.MAILBOX.value, "ADDED", frank)
+    known = store.snapshot("mail").mailboxes[0]
+    assert store.prepare(Kind.MAILBOX.value, frank) is known  # re-delivered: not parsed again
+    store.begin_listing()
+    changed = store.prepare(Kind.MAILBOX.value, version(frank, "31", address="f@example.com"))
+    gone = store.prepare(SECRETS, secret("frank-password", "32"))
+    store.put(Kind.MAILBOX.value, "MODIFIED", changed)
+    store.put(SECRETS, "DELETED", gone)
+    store.finish_listing(
+        {Kind.MAILBOX: [known]}, [secret_view(secret("frank-password", "29", "cw=="))]
+    )
+    assert addresses(store) == {"frank": "f@example.com"}
+    assert store.snapshot("mail").secrets == {}
+
+
+def test_a_pass_is_needed_for_changes_not_for_echoes_of_our_status_writes() -> None:
+    def prepared(obj: dict[str, Any]) -> Any:
+        return ObjectStore().prepare(Kind.MAILBOX.value, obj)
+
+    fresh = prepared(version(mailbox("gail", "gail@example.com"), "40"))
+    settled = prepared({**version(mailbox("gail", "gail@example.com"), "41"), "status": {
+        "observedGeneration": 1
+    }})  # fmt: skip
+    edited = prepared(
+        {
+            **version(mailbox("gail", "gail@example.com"), "42"),
+            "metadata": {**mailbox("gail", "g@example.com")["metadata"], "generation": 2},
+            "status": {"observedGeneration": 1},
+        }
+    )
+    deleting = prepared(
+        {
+            **version(mailbox("gail", "gail@example.com"), "43"),
+            "metadata": {
+                **mailbox("gail", "gail@example.com")["metadata"],
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "status": {"observedGeneration": 1},
+        }
+    )
+    never = lambda name: False  # noqa: E731
+    assert needs_pass("ADDED", fresh, never)  # no status yet
+    assert not needs_pass("MODIFIED", settled, never)  # the echo of our write
+    assert needs_pass("MODIFIED", edited, never)  # a new generation
+    assert needs_pass("MODIFIED", deleting, never)
+    assert needs_pass("DELETED", settled, never)
+    password = secret_view(secret("gail-password", "44"))
+    assert needs_pass("MODIFIED", password, lambda name: name == "gail-password")
+    assert not needs_pass("MODIFIED", password, never)
