@@ -48,6 +48,19 @@ Selector = Annotated[
 ]
 
 
+# A selector as keys get them: the spec's, or it with a rotation suffix (-yyyymmdd[-n]).
+KeySelector = Annotated[
+    str,
+    Field(min_length=1, max_length=63),
+    Matches(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", "must be a DNS label"),
+]
+Timestamp = Annotated[str, Field(max_length=40)]
+ROTATE_ANNOTATION = "letterbox.dev/rotate"
+"""A new value asks for one rotation (`kubectl annotate dkimkey NAME
+letterbox.dev/rotate="$(date +%s)" --overwrite`); status.rotateHandled records the value
+acted on."""
+
+
 class RotationSpec(ApiModel):
     """Scheduled rotation. A rotated key gets the selector `<selector>-<yyyymmdd>`."""
 
@@ -73,20 +86,49 @@ class DKIMKeySpec(ApiModel):
     letterbox.dev/rotate."""
 
 
+class DkimKeyVersion(ApiModel):
+    """One generated key of a DKIMKey and where it is in its lifecycle: Pending (record not yet
+    answered by the zone's authoritative servers), Published (answered; not signing yet),
+    Active (the mail pods sign with it), Retiring (replaced; still published so mail in flight
+    verifies), Retired (record withdrawn, Secret deleted)."""
+
+    selector: KeySelector
+    algorithm: DkimAlgorithm
+    phase: KeyPhase
+    secret_name: ObjectName | None = None
+    """Secret holding the private key (deleted once Retired)."""
+    public_record: Annotated[str, Field(max_length=4096)] | None = None
+    """The TXT value published at <selector>._domainkey.<domain>."""
+    created_at: Timestamp
+    published_at: Timestamp | None = None
+    activated_at: Timestamp | None = None
+    retiring_at: Timestamp | None = None
+    retired_at: Timestamp | None = None
+
+
 class DKIMKeyStatus(Status):
-    """Observed state of a DKIMKey."""
+    """Observed state of a DKIMKey. The top-level key fields describe the newest key; `keys`
+    lists every key still published (and the last retired ones)."""
 
     phase: KeyPhase | None = None
-    """Phase of the current key."""
-    selector: Selector | None = None
-    """Selector of the current key."""
+    """Phase of the newest key."""
+    selector: KeySelector | None = None
+    """Selector of the newest key."""
     secret_name: ObjectName | None = None
-    """Secret holding the current private key."""
+    """Secret holding the newest private key."""
     public_record: Annotated[str, Field(max_length=4096)] | None = None
-    """The TXT record value of the current key."""
-    created_at: Annotated[str, Field(max_length=40)] | None = None
-    published_at: Annotated[str, Field(max_length=40)] | None = None
-    activated_at: Annotated[str, Field(max_length=40)] | None = None
+    """The TXT record value of the newest key."""
+    created_at: Timestamp | None = None
+    published_at: Timestamp | None = None
+    activated_at: Timestamp | None = None
+    signing_selector: KeySelector | None = None
+    """The selector the mail pods sign with (none until a key is Active)."""
+    next_rotation_at: Timestamp | None = None
+    """When the scheduled rotation (spec.rotation.every) generates the next key."""
+    rotate_handled: Annotated[str, Field(max_length=253)] | None = None
+    """The value of the letterbox.dev/rotate annotation last acted on."""
+    keys: Annotated[tuple[DkimKeyVersion, ...], Field(max_length=8)] = ()
+    """Every key not yet retired, oldest first, and the last retired ones."""
 
 
 class DKIMKey(Resource):

@@ -3,20 +3,20 @@
 All four kinds end up in one mail pod config per namespace, so one object's change is a
 namespace change, and `NamespaceReconciler` runs level-triggered passes over the whole
 namespace: it writes every object's status (invalid specs included), retries what failed or
-waits for a Secret by itself, and coalesces requests that arrive during a pass. The handlers
-hand it every watch event of the four kinds and of the namespace's Secrets (its store, which
-passes read instead of listing the namespace again), and ask for a pass when something changed:
-an event that is not the echo of our own status write, a referenced password Secret, and a
-periodic resync.
+waits for a Secret by itself, and coalesces requests that arrive during a pass. Its store is
+fed by its own watches of the four kinds and of the namespace's Secrets (`reconcile.store.
+follow`, started here), which ask for a pass when something changed: an event that is not the
+echo of our own status write, a referenced password Secret; a kopf timer adds a periodic resync.
 
-Why watch events rather than kopf's create/update/resume handlers: those keep per-object state
-in the object itself (a diff-base annotation, progress annotations), which costs a PATCH per
+Why not kopf's handlers for the objects: create/update/resume handlers keep per-object state in
+the object itself (a diff-base annotation, progress annotations), which costs a PATCH per
 object and per change, and they hold a worker per object until the pass it waits for is over.
-With 10,000 Mailboxes applied at once that doubled the API writes and held thousands of object
-bodies in memory, for no information the namespace pass needs. Even a single deletion handler
-costs: kopf then builds a diff-base (a deep copy) of every event's object of that kind. So the
-one finalizer, on Mailboxes whose stored mail is deleted with them, is the pass's own
-(`reconcile.purge`), and the handlers are watch events and a timer only.
+Even plain event handlers cost a kopf memory record, and a worker task and queue per object
+with events in flight: with 10,000 Mailboxes applied at once, tens of MB of the operator's peak
+for nothing the namespace pass needs. A deletion handler would also make kopf build a
+diff-base (a deep copy) of every event's object. So the one finalizer, on Mailboxes whose
+stored mail is deleted with them, is the pass's own (`reconcile.purge`), and kopf runs the
+start-up, the timer, the login and the health endpoint.
 
 kopf is configured to be a good neighbour from the start: its progress and diff-base
 annotations and its finalizer use our `letterbox.dev` prefix, it runs standalone unless a
@@ -39,20 +39,15 @@ import kopf
 
 from letterbox.api.meta import GROUP, VERSION
 from letterbox.api.settings import OperatorSettings
+from letterbox.dns.publish import DnsPublisher
+from letterbox.reconcile.dkim import MOUNT_SECONDS
 from letterbox.reconcile.namespace import NamespaceReconciler
 from letterbox.reconcile.ports import ClusterApi
-from letterbox.reconcile.snapshot import Kind
-from letterbox.reconcile.store import SECRETS
+from letterbox.reconcile.store import WatchApi, follow
 from letterbox.web.server import WebServer
 
 log = logging.getLogger("letterbox.handlers")
 
-PLURALS: dict[Kind, str] = {
-    Kind.MAIL_DOMAIN: "maildomains",
-    Kind.MAILBOX: "mailboxes",
-    Kind.ALIAS: "aliases",
-    Kind.DKIM_KEY: "dkimkeys",
-}
 # A full pass now and then even without watch events: catches anything a missed event (or a
 # change kopf does not report, such as a Secret we do not know to watch) left behind. The
 # timer sits on MailDomains only, a handful per namespace, not on 10,000 Mailboxes.
@@ -61,8 +56,8 @@ PASS_FAILED_DELAY = 5.0
 # kopf's own HTTP client has no connection limit (TCPConnector(limit=0)): 10,000 objects
 # handled at once opened thousands of TLS connections to the API server, each holding ~130 KiB
 # of buffers in the operator, and the peak RSS grew with the object count. A bounded pool
-# queues the requests instead; its watch streams (one per kind, and Secrets) hold a connection
-# each, so the limit leaves plenty for the writes.
+# queues the requests instead. (kopf now watches only MailDomains, for the resync timer; the
+# store's watches use letterbox.kube.)
 KOPF_CONNECTIONS = 24
 KOPF_LIST_CHUNK = 500
 
@@ -101,9 +96,14 @@ class OperatorRuntime:
     settings: OperatorSettings
     reconciler: NamespaceReconciler | None = None
     task: asyncio.Task[None] | None = None
+    watches: asyncio.Task[None] | None = None
     started: threading.Event = field(default_factory=threading.Event)
     web: WebServer | None = None
     """The MTA-STS/autoconfig server the reconciler tells the domains (settings.web)."""
+    dns: DnsPublisher | None = None
+    """How domains' records are published; None: the default (zones' own NS are asked)."""
+    dkim_mount_seconds: float = MOUNT_SECONDS
+    """How long a new DKIM key sits in the mounted Secret before the pods sign with it."""
 
     def require(self) -> NamespaceReconciler:
         if self.reconciler is None:
@@ -159,41 +159,36 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             runtime.kube,
             runtime.settings,
             on_domains=runtime.web.set_domains if runtime.web is not None else None,
-            watched=True,  # the event handlers below feed its store
+            mta_sts_served=runtime.web.serves if runtime.web is not None else None,
+            dns=runtime.dns,
+            dkim_mount_seconds=runtime.dkim_mount_seconds,
+            watched=isinstance(runtime.kube, WatchApi),  # the store's own watches feed it
         )
-        runtime.task = asyncio.create_task(runtime.reconciler.run(), name="letterbox-reconcile")
+        reconciler = runtime.reconciler
+        runtime.task = asyncio.create_task(reconciler.run(), name="letterbox-reconcile")
+        if isinstance(runtime.kube, WatchApi):
+            # Every event goes into the store (the echoes of our own writes too, so the next
+            # pass compares against what is stored now); only changes ask for a pass.
+            runtime.watches = asyncio.create_task(
+                follow(
+                    runtime.kube,
+                    reconciler.store,
+                    runtime.settings.namespace,
+                    nudge=reconciler.nudge,
+                    secret_matters=lambda name: name in reconciler.referenced_secrets,
+                ),
+                name="letterbox-watch",
+            )
         runtime.reconciler.nudge()  # a first pass even in an empty namespace
         runtime.started.set()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        if runtime.task is not None:
-            runtime.task.cancel()
+        for task in (runtime.task, runtime.watches):
+            if task is not None:
+                task.cancel()
         if runtime.web is not None:
             await runtime.web.stop()
-
-    def needs_pass(body: kopf.Body, type: str | None) -> bool:
-        """Every event that may change the config: not the echo of our own status write (the
-        status subresource never bumps metadata.generation, and we write observedGeneration)."""
-        if type == "DELETED" or body.metadata.get("deletionTimestamp"):
-            return True
-        return bool(body.status.get("observedGeneration") != body.metadata.get("generation"))
-
-    # Every event goes into the reconciler's store (the echoes of our own writes too, so the
-    # next pass compares against what is stored now); only changes ask for a pass.
-    for kind, plural in PLURALS.items():
-
-        async def changed(
-            body: kopf.Body, type: str | None, of_kind: Kind = kind, **_: Any
-        ) -> None:
-            reconciler = runtime.reconciler
-            if reconciler is None:
-                return
-            reconciler.store.event(of_kind.value, type, dict(body))
-            if needs_pass(body, type):
-                reconciler.nudge()
-
-        kopf.on.event(GROUP, VERSION, plural, registry=registry, id=f"{plural}-changed")(changed)
 
     @kopf.timer(
         GROUP,
@@ -206,17 +201,6 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     async def resync(**_: Any) -> None:
         if runtime.reconciler is not None:
             runtime.reconciler.nudge()
-
-    # Every Secret of the namespace goes into the store; password Secrets (ours and the users')
-    # feed the config, so their changes reach the pods within one pass, without a resync.
-    @kopf.on.event("v1", "secrets", registry=registry)
-    async def on_secret(body: kopf.Body, type: str | None, name: str | None, **_: Any) -> None:
-        reconciler = runtime.reconciler
-        if reconciler is None:
-            return
-        reconciler.store.event(SECRETS, type, dict(body))
-        if name in reconciler.referenced_secrets:
-            reconciler.nudge()
 
     return registry
 

@@ -18,6 +18,7 @@ the config listing that mail for removal is applied (`reconcile.purge`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -28,20 +29,39 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from letterbox.api.dkimkey import DKIMKey, KeyPhase
+from letterbox.api.dkimkey import ROTATE_ANNOTATION, DKIMKey, KeyPhase
+from letterbox.api.dnsrecord import DnsRecord, RecordType
 from letterbox.api.mailbox import Mailbox
-from letterbox.api.maildomain import DnsRecordStatus, MailDomain, MailDomainSpec
+from letterbox.api.maildomain import DnsProviderKind, DnsRecordStatus, MailDomain, MailDomainSpec
 from letterbox.api.manifests import Manifests
-from letterbox.api.meta import API_VERSION, ConditionStatus, Status, domain_of, quantity_bytes
+from letterbox.api.meta import (
+    API_VERSION,
+    GROUP,
+    ConditionStatus,
+    Status,
+    domain_of,
+    quantity_bytes,
+)
 from letterbox.api.settings import OperatorSettings
 from letterbox.certs.keeper import CertificateKeeper, CertificateOutcome, certificate_status
+from letterbox.dns.externaldns import render_dns_endpoint
+from letterbox.dns.provider import DnsProviderError
+from letterbox.dns.publish import DnsOutcome, DnsPublisher, owner_id
 from letterbox.kube.errors import Conflict, KubeError, NotFound
 from letterbox.kube.events import EventType
 from letterbox.kube.patch import same_status
 from letterbox.material import generate_dkim_key, reuse_or_hash
+from letterbox.reconcile import dkim as lifecycle
 from letterbox.reconcile import passwords, purge
 from letterbox.reconcile.decide import Decisions, Verdict, apply_failed, decide
 from letterbox.reconcile.ports import ClusterApi
+from letterbox.reconcile.publishing import (
+    SWEPT_REASONS,
+    calls_provider,
+    live_records,
+    publish_and_sweep,
+    withdraw_domain,
+)
 from letterbox.reconcile.snapshot import (
     Kind,
     ObjectKey,
@@ -52,12 +72,13 @@ from letterbox.reconcile.snapshot import (
     observe,
     secret_view,
 )
-from letterbox.reconcile.status import KEY_ACTIVE, desired_status, transition
+from letterbox.reconcile.status import desired_status, key_active, transition
 from letterbox.reconcile.store import FULL_LIST_SECONDS, ObjectStore
 from letterbox.render.dkim import DkimKeyMaterial, dkim_record_value
 from letterbox.render.dnsrecords import domain_records
 from letterbox.render.ingress import render_web_ingress
 from letterbox.render.labels import owned_metadata
+from letterbox.render.mtasts import render_mta_sts
 from letterbox.render.podconfig import PodMaterial, render_pod_config
 from letterbox.render.podconfig_secrets import (
     CONFIG_LABEL,
@@ -68,6 +89,7 @@ from letterbox.render.podconfig_secrets import (
 from letterbox.render.secrets import credentials_secret_name, dkim_secret, dkim_secret_name
 from letterbox.render.workload import (
     WorkloadNames,
+    dkim_key_path,
     pod_listeners,
     pod_storage,
     pod_tls,
@@ -91,6 +113,53 @@ RETRY_FAILED_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 # deleted or edited by hand comes back without an operator restart.
 REAPPLY_SECONDS = 600.0
 CONFIG_CHAIN_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding", "Secret"})
+# A Pending key's record is looked for again after these delays (then every last one).
+DKIM_CHECK_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Held on MailDomains whose records a provider API holds, until they are withdrawn.
+DNS_FINALIZER = f"{GROUP}/withdraw-dns"
+# A deleted domain whose records cannot be withdrawn (provider down) is let go after this long,
+# with a Warning event naming what was left behind: a deletion must not hang forever.
+WITHDRAW_GIVE_UP_SECONDS = 900.0
+WITHDRAW_RETRY_SECONDS = 10.0
+
+
+CheckId = tuple[ObjectKey, str, str]
+"""A Pending key's record check: the DKIMKey, the selector and the record value."""
+
+
+@dataclass
+class KeyWork:
+    """One accepted DKIMKey's keys through a pass (`reconcile.dkim` decides, this carries)."""
+
+    observed: Observed[Any]
+    dkimkey: DKIMKey
+    keys: lifecycle.Keys
+    handled: str | None
+    before: dict[str, KeyPhase]
+    """Phase per selector when the pass began (for transition events)."""
+    materials: dict[str, DkimKeyMaterial]
+    events: list[tuple[EventType, str, str]]
+    signer: lifecycle.KeyState | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.dkimkey.spec.domain
+
+
+@dataclass(frozen=True)
+class DomainDns:
+    """A MailDomain's DNS after a pass: what was published and how it went."""
+
+    domain: str
+    records: tuple[DnsRecord, ...]
+    outcome: DnsOutcome
+    mta_sts_id: str | None
+
+
+@functools.lru_cache(maxsize=256)
+def _record_value(material: DkimKeyMaterial) -> str:
+    # Loading an RSA key costs a millisecond or two; every pass asks for every key's record.
+    return dkim_record_value(material)
 
 
 @dataclass(frozen=True)
@@ -166,6 +235,9 @@ class NamespaceReconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_domains: Callable[[Sequence[MailDomainSpec]], None] | None = None,
         watched: bool = False,
+        dns: DnsPublisher | None = None,
+        mta_sts_served: Callable[[str, str], bool] | None = None,
+        dkim_mount_seconds: float = lifecycle.MOUNT_SECONDS,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -197,7 +269,28 @@ class NamespaceReconciler:
         self.referenced_secrets: frozenset[str] = frozenset()
         self.certificates = CertificateKeeper(kube, settings, nudge=self.nudge)
         self._tls: CertificateOutcome | None = None
-        """Secrets whose change should trigger a pass (password refs, generated credentials)."""
+        self.dns = dns or DnsPublisher(publish_fn=publish_and_sweep)
+        """Publishing state per MailDomain (provider calls only when something is due)."""
+        self.mta_sts_served = mta_sts_served
+        """The web server's `serves(domain, id)`: an `_mta-sts` id is published only once the
+        policy it names is served. None: no web server here, publish the id as rendered."""
+        self.dkim_mount_seconds = dkim_mount_seconds
+        # Key states this process decided last, ahead of the stored status until the watch
+        # brings our own write back (`reconcile.dkim.merge`).
+        self._dkim_memory: dict[ObjectKey, tuple[lifecycle.Keys, str | None]] = {}
+        self._dkim_checks: dict[CheckId, tuple[int, float]] = {}
+        """(attempts, loop time of the next check) of each Pending key's record."""
+        self._dkim_checking: dict[str, asyncio.Task[None]] = {}
+        self._dkim_live: set[CheckId] = set()
+        """Pending keys a finished check found live, for the next pass to take."""
+        self._dns_seen: dict[str, DnsOutcome] = {}
+        self._endpoints: dict[str, str] = {}
+        """DNSEndpoint objects applied, by MailDomain name (deleted when the provider changes)."""
+        self._wake: asyncio.TimerHandle | None = None
+        self._withdraw_retry = False
+        self.next_pass_in: float | None = None
+        """Seconds until something is due without any watch event (DNS resync or retry, a key
+        to check, activate, retire or rotate)."""
 
     # --- the debounced loop -----------------------------------------------------------------
 
@@ -252,8 +345,29 @@ class NamespaceReconciler:
                 loop.call_later(delay, self._wanted.set)
                 continue
             self._failures = 0
+            due = self.next_pass_in
             if any(v.temporary for v in result.decisions.verdicts.values()):
-                loop.call_later(RETRY_TEMPORARY_SECONDS, self._wanted.set)
+                due = (
+                    min(due, RETRY_TEMPORARY_SECONDS)
+                    if due is not None
+                    else RETRY_TEMPORARY_SECONDS
+                )
+            self._schedule(due)
+
+    def _schedule(self, delay: float | None, *, earlier_only: bool = False) -> None:
+        """One timer for the next pass something is due for (replacing the previous one, or
+        with `earlier_only` only a later one)."""
+        loop = asyncio.get_running_loop()
+        if earlier_only and (
+            delay is None or (self._wake is not None and self._wake.when() <= loop.time() + delay)
+        ):
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if delay is not None:
+            # A little late rather than early: a pass a moment before a key's time does nothing.
+            self._wake = loop.call_later(max(0.0, delay) + 0.05, self._wanted.set)
 
     def _backoff(self) -> float:
         delay = RETRY_FAILED_SECONDS[min(self._failures, len(RETRY_FAILED_SECONDS) - 1)]
@@ -276,13 +390,25 @@ class NamespaceReconciler:
                 for m in (o.model for o in snapshot.mailboxes)
                 if m is not None
             }
+            | {
+                d.spec.dns.credentials_secret_ref.name
+                for d in decisions.domains
+                if d.spec.dns.credentials_secret_ref is not None
+            }
         )
         self._tls = await self.certificates.observe(decisions.domains, snapshot.secrets)
         self.referenced_secrets |= self.certificates.watched_secrets(decisions.domains)
         hashes = await self._password_hashes(snapshot, decisions)
-        keys = await self._dkim_keys(snapshot, decisions)
+        now = self._clock()
+        work = await self._dkim_keys(snapshot, decisions, now)
+        dns = await self._publish_dns(snapshot, decisions, work)
+        await self._dkim_published(decisions, work, now)
+        for item in work.values():
+            item.signer = lifecycle.signing(
+                item.keys, now=now, mount_seconds=self.dkim_mount_seconds
+            )
         purged = self._tombstones(snapshot)
-        outcome = await self._apply(snapshot, decisions, hashes, purged)
+        outcome = await self._apply(snapshot, decisions, hashes, purged, work)
         if outcome.failures:
             decisions = apply_failed(
                 snapshot,
@@ -291,14 +417,19 @@ class NamespaceReconciler:
                 "retrying with backoff",
                 config_applied=outcome.config_applied,
             )
+        await self._dkim_settle(work, dns, applied=outcome.config_applied, now=now)
         purged_addresses = (
             frozenset(p.address for p in purged) if outcome.config_applied else frozenset()
         )
         # Before the statuses: a finalizer patch is conditional on the listed resourceVersion,
         # which a status write would change (a status write re-reads on a conflict instead).
         await self._finalizers(snapshot, purged_addresses, config_applied=outcome.config_applied)
-        written = await self._write_statuses(snapshot, decisions, hashes, keys)
+        await self._domain_finalizers(snapshot, decisions)
+        written = await self._write_statuses(snapshot, decisions, hashes, work, dns)
+        await self._key_events(work)
         await self.certificates.report(self.kube, decisions.domains, self._tls)
+        self.dns.forget(d.metadata.name for d in decisions.domains)
+        self.next_pass_in = self._next_due(work, now)
         seconds = asyncio.get_running_loop().time() - started
         log.info(
             "reconciled %s: %d domains, %d mailboxes, %d aliases, %d DKIM keys accepted; "
@@ -321,6 +452,481 @@ class NamespaceReconciler:
             failures=outcome.failures,
             purged=purged_addresses,
         )
+
+    def _next_due(self, work: Mapping[str, KeyWork], now: datetime) -> float | None:
+        loop_now = asyncio.get_running_loop().time()
+        candidates = [self.dns.due_in()]
+        for item in work.values():
+            due = lifecycle.next_due(
+                item.dkimkey.spec, item.keys, now=now, mount_seconds=self.dkim_mount_seconds
+            )
+            if due is not None:
+                candidates.append((due - now).total_seconds())
+        candidates += [max(0.0, at - loop_now) for _, at in self._dkim_checks.values()]
+        if self._withdraw_retry:
+            candidates.append(WITHDRAW_RETRY_SECONDS)
+        found = [c for c in candidates if c is not None]
+        return min(found) if found else None
+
+    # --- DKIM keys and DNS ------------------------------------------------------------------
+
+    async def _dkim_keys(
+        self, snapshot: Snapshot, decisions: Decisions, now: datetime
+    ) -> dict[str, KeyWork]:
+        """Each accepted DKIMKey's keys: stored and remembered state merged, a new key made if
+        one is due (generated once into its Secret, never regenerated while the Secret exists),
+        and every key's record read from its Secret."""
+        observed_of = {o.key.name: o for o in snapshot.dkim_keys}
+        work: dict[str, KeyWork] = {}
+        for dkimkey in decisions.dkim_keys:
+            name = dkimkey.metadata.name
+            observed = observed_of[name]
+            stored = [lifecycle.KeyState.of_status(v) for v in dkimkey.status.keys]
+            remembered, handled = self._dkim_memory.get(observed.key, ((), None))
+            keys = lifecycle.merge((k for k in stored if k is not None), remembered)
+            plan = lifecycle.plan_keys(
+                dkimkey.spec,
+                keys,
+                annotation=dkimkey.metadata.annotations.get(ROTATE_ANNOTATION),
+                handled=handled if handled is not None else dkimkey.status.rotate_handled,
+                now=now,
+            )
+            events: list[tuple[EventType, str, str]] = []
+            if plan.create is not None:
+                events.append(
+                    (
+                        EventType.NORMAL,
+                        "KeyCreated",
+                        f"generated {plan.create.algorithm.value} key {plan.create.selector} "
+                        f"({plan.reason}); it signs once its record is live",
+                    )
+                )
+            work[name] = KeyWork(
+                observed=observed,
+                dkimkey=dkimkey,
+                keys=plan.keys,
+                handled=plan.handled,
+                before={k.selector: k.phase for k in keys},
+                materials={},
+                events=events,
+            )
+
+        missing: list[tuple[KeyWork, lifecycle.KeyState]] = []
+        for item in work.values():
+            spec = item.dkimkey.spec
+            for key in item.keys:
+                if key.phase not in lifecycle.STAGED_PHASES and key.phase is not KeyPhase.RETIRING:
+                    continue
+                secret = snapshot.secrets.get(dkim_secret_name(item.dkimkey, key.selector))
+                pem = secret.text("private.pem") if secret is not None else None
+                if pem:
+                    item.materials[key.selector] = DkimKeyMaterial(
+                        spec.domain, key.selector, key.algorithm, pem
+                    )
+                elif key.phase in lifecycle.STAGED_PHASES:
+                    missing.append((item, key))
+
+        async def create(entry: tuple[KeyWork, lifecycle.KeyState]) -> str:
+            item, key = entry
+            pem = await asyncio.to_thread(generate_dkim_key, key.algorithm)
+            material = DkimKeyMaterial(item.domain, key.selector, key.algorithm, pem)
+            rendered = dkim_secret(item.dkimkey, material)
+            # Returns the stored key when the Secret exists already (our own write, not yet
+            # seen by the watch): a key is never regenerated under a live Secret.
+            ensured = await self.kube.ensure_secret(
+                rendered["metadata"]["name"],
+                self.namespace,
+                rendered["stringData"],
+                owner=item.dkimkey,
+                labels=rendered["metadata"]["labels"],
+                immutable_keys={"private.pem", "algorithm"},
+            )
+            item.materials[key.selector] = DkimKeyMaterial(
+                item.domain, key.selector, key.algorithm, ensured.data["private.pem"].decode()
+            )
+            return ""
+
+        await passwords.bounded_map(create, missing, WRITE_CONCURRENCY)
+        for item in work.values():
+            records = {
+                selector: _record_value(material) for selector, material in item.materials.items()
+            }
+            item.keys, replaced = lifecycle.with_records(item.keys, records)
+            for key in replaced:
+                item.events.append(
+                    (
+                        EventType.WARNING,
+                        "KeyReplaced",
+                        f"the private key of selector {key.selector} is not the one whose "
+                        "record was published (its Secret was replaced?); it signs again "
+                        "only once its new record is live",
+                    )
+                )
+        return work
+
+    def _domain_records(
+        self, domain: MailDomain, work: Mapping[str, KeyWork], now: datetime
+    ) -> tuple[list[DnsRecord], str | None]:
+        """The records to publish for `domain` (DKIM records of every key still published) and
+        the MTA-STS policy id among them."""
+        spec = domain.spec
+        records = domain_records(spec)
+        ttl = spec.dns.ttl
+        for item in work.values():
+            if item.domain != spec.domain:
+                continue
+            grace = lifecycle.retire_after(item.dkimkey.spec)
+            for key in lifecycle.to_publish(item.keys, grace=grace, now=now):
+                assert key.public_record is not None
+                records.append(
+                    DnsRecord(
+                        name=f"{key.selector}._domainkey.{spec.domain}",
+                        type=RecordType.TXT,
+                        value=key.public_record,
+                        ttl=ttl,
+                        purpose="DKIM",
+                    )
+                )
+        policy_id: str | None = render_mta_sts(spec).id
+        if self.mta_sts_served is not None and not self.mta_sts_served(
+            spec.domain, policy_id or ""
+        ):
+            # RFC 8461 §3.1: a sender fetches the policy when it sees a new id, so an id goes
+            # out only once its policy is served; until then the one published before stays.
+            policy_id = domain.status.mta_sts_policy_id
+            name = f"_mta-sts.{spec.domain}"
+            records = [
+                r
+                if not (r.name == name and r.type is RecordType.TXT)
+                else DnsRecord(r.name, r.type, f"v=STSv1; id={policy_id}", r.ttl, r.purpose)
+                for r in records
+                if policy_id is not None or not (r.name == name and r.type is RecordType.TXT)
+            ]
+        return records, policy_id
+
+    async def _publish_dns(
+        self, snapshot: Snapshot, decisions: Decisions, work: Mapping[str, KeyWork]
+    ) -> dict[str, DomainDns]:
+        """Every accepted domain's records through its provider, in parallel; a failure is
+        that domain's DNSPublished condition, never the pass's."""
+        now = self._clock()
+
+        async def one(domain: MailDomain) -> tuple[str, DomainDns]:
+            name = domain.metadata.name
+            records, policy_id = self._domain_records(domain, work, now)
+            try:
+                outcome = await self._publish_domain(snapshot, domain, records)
+            except Exception as error:
+                log.warning("publishing the records of MailDomain %s failed: %s", name, error)
+                outcome = DnsOutcome(
+                    ConditionStatus.FALSE, "ProviderError", str(error), temporary=True
+                )
+            if outcome is not self._dns_seen.get(name):  # a fresh run, not the cached outcome
+                self._dns_seen[name] = outcome
+                for action in outcome.drift:
+                    await self._event(
+                        domain,
+                        EventType.WARNING,
+                        "DNSDriftRepaired",
+                        f"{action.describe()} (the record was changed by hand)",
+                    )
+            return name, DomainDns(domain.spec.domain, tuple(records), outcome, policy_id)
+
+        results = await asyncio.gather(*(one(d) for d in decisions.domains))
+        live = {d.metadata.name for d in decisions.domains}
+        for name in [n for n in self._dns_seen if n not in live]:
+            del self._dns_seen[name]
+        return dict(results)
+
+    async def _publish_domain(
+        self, snapshot: Snapshot, domain: MailDomain, records: Sequence[DnsRecord]
+    ) -> DnsOutcome:
+        spec, name = domain.spec, domain.metadata.name
+        dns = spec.dns
+        if dns.provider is DnsProviderKind.EXTERNAL_DNS:
+            endpoint = render_dns_endpoint(
+                name,
+                self.namespace,
+                records,
+                labels=owned_metadata(domain, name)["labels"],
+                owner_references=owned_metadata(domain, name).get("ownerReferences", ()),
+            )
+            try:
+                await self._apply_once(endpoint)
+            except KubeError as error:
+                return DnsOutcome(
+                    ConditionStatus.FALSE,
+                    "DNSEndpointRefused",
+                    f"the API server refused DNSEndpoint {name}: {error}; is external-dns's "
+                    "DNSEndpoint CRD installed, and the chart's rbac.externalDNS on?",
+                    temporary=True,
+                )
+            self._endpoints[name] = name
+        elif name in self._endpoints:
+            # The domain left externalDNS: its endpoint would keep publishing old records.
+            await self.kube.delete(
+                "externaldns.k8s.io/v1alpha1", "DNSEndpoint", name, self.namespace
+            )
+            self._applied.pop(("externaldns.k8s.io/v1alpha1", "DNSEndpoint", name), None)
+            del self._endpoints[name]
+        credential: str | None = None
+        ref = dns.credentials_secret_ref
+        if ref is not None and calls_provider(dns):
+            secret = snapshot.secrets.get(ref.name)
+            credential = secret.text(ref.key) if secret is not None else None
+            if credential is None:
+                return DnsOutcome(
+                    ConditionStatus.FALSE,
+                    "SecretNotFound",
+                    f"{'key ' + repr(ref.key) + ' of ' if secret else ''}Secret {ref.name} "
+                    f"(spec.dns.credentialsSecretRef) does not exist in namespace "
+                    f"{self.namespace}",
+                    temporary=True,
+                )
+        return await self.dns.publish(
+            name,
+            dns,
+            records,
+            zone=spec.effective_zone,
+            owner=owner_id(self.namespace, name),
+            credential=credential,
+        )
+
+    async def _apply_once(self, obj: dict[str, Any]) -> None:
+        """Apply `obj` unless the same render was applied recently (raises KubeError)."""
+        identity, digest = _object_id(obj), _digest(obj)
+        now = asyncio.get_running_loop().time()
+        known = self._applied.get(identity)
+        if known is not None and known[0] == digest and now - known[1] < REAPPLY_SECONDS:
+            return
+        try:
+            await self.kube.apply(obj)
+        except KubeError:
+            self._applied.pop(identity, None)
+            raise
+        self._applied[identity] = (digest, now)
+
+    async def _dkim_published(
+        self, decisions: Decisions, work: Mapping[str, KeyWork], now: datetime
+    ) -> None:
+        """Pending keys whose record every authoritative server of the zone answers are
+        Published (whoever published it: our provider, external-dns, or a person). The
+        queries run beside the passes (an unreachable server must not slow every pass down);
+        a finished check asks for a pass, which takes its result."""
+        zones = {d.spec.domain: d.spec.effective_zone for d in decisions.domains}
+        loop_now = asyncio.get_running_loop().time()
+        due: dict[str, list[tuple[CheckId, DnsRecord]]] = {}
+        pending: set[CheckId] = set()
+        for item in work.values():
+            for key in item.keys:
+                if key.phase is not KeyPhase.PENDING or not key.public_record:
+                    continue
+                check_id = (item.observed.key, key.selector, key.public_record)
+                pending.add(check_id)
+                if check_id in self._dkim_live:
+                    item.keys = lifecycle.mark_published(item.keys, [key.selector], now)
+                    continue
+                _, at = self._dkim_checks.get(check_id, (0, loop_now))
+                zone = zones[item.domain]
+                if loop_now < at or zone in self._dkim_checking:
+                    continue
+                record = DnsRecord(
+                    f"{key.selector}._domainkey.{item.domain}", RecordType.TXT, key.public_record, 0
+                )
+                due.setdefault(zone, []).append((check_id, record))
+        self._dkim_live &= pending
+        for check_id in [c for c in self._dkim_checks if c not in pending]:
+            del self._dkim_checks[check_id]
+        for zone, checks in due.items():
+            self._dkim_checking[zone] = asyncio.create_task(
+                self._check_live(zone, checks), name=f"letterbox-dkim-check-{zone}"
+            )
+
+    async def _check_live(self, zone: str, checks: list[tuple[CheckId, DnsRecord]]) -> None:
+        try:
+            live = await live_records(
+                [record for _, record in checks],
+                zone=zone,
+                authoritative=self.dns.authoritative(zone),
+            )
+        except Exception as error:  # a failed check is a record not seen yet
+            log.warning("checking DKIM records in %s failed: %s", zone, error)
+            live = frozenset()
+        finally:
+            self._dkim_checking.pop(zone, None)
+        loop_now = asyncio.get_running_loop().time()
+        for check_id, record in checks:
+            if record in live:
+                self._dkim_live.add(check_id)
+                self._dkim_checks.pop(check_id, None)
+            else:
+                attempts = self._dkim_checks.get(check_id, (0, 0.0))[0]
+                delay = DKIM_CHECK_SECONDS[min(attempts, len(DKIM_CHECK_SECONDS) - 1)]
+                self._dkim_checks[check_id] = (attempts + 1, loop_now + delay)
+        if live:
+            self.nudge()
+        else:
+            # Passes are not the only clock: make sure one comes when the next check is due.
+            self._schedule(
+                min(at for _, at in self._dkim_checks.values()) - loop_now, earlier_only=True
+            )
+
+    async def _dkim_settle(
+        self,
+        work: Mapping[str, KeyWork],
+        dns: Mapping[str, DomainDns],
+        *,
+        applied: bool,
+        now: datetime,
+    ) -> None:
+        """After the apply: the signing key is Active and the one it replaced Retiring; keys
+        whose record went away are Retired and their Secrets deleted."""
+        swept = {d.domain for d in dns.values() if d.outcome.reason in SWEPT_REASONS}
+        for item in work.values():
+            item.keys = lifecycle.after_apply(item.keys, item.signer, applied=applied, now=now)
+            grace = lifecycle.retire_after(item.dkimkey.spec)
+            gone = lifecycle.withdrawing(item.keys, grace=grace, now=now)
+            if gone and item.domain in swept:
+                for selector in sorted(gone):
+                    try:
+                        await self.kube.delete(
+                            "v1",
+                            "Secret",
+                            dkim_secret_name(item.dkimkey, selector),
+                            self.namespace,
+                        )
+                    except KubeError as error:
+                        log.warning("could not delete the retired key %s: %s", selector, error)
+                        gone = gone - {selector}
+                    item.materials.pop(selector, None)
+                item.keys = lifecycle.mark_retired(item.keys, gone, now)
+            self._dkim_memory[item.observed.key] = (item.keys, item.handled)
+        kept = {item.observed.key for item in work.values()}
+        for key in [k for k in self._dkim_memory if k not in kept]:
+            del self._dkim_memory[key]
+
+    async def _key_events(self, work: Mapping[str, KeyWork]) -> None:
+        messages = {
+            KeyPhase.PUBLISHED: (
+                "KeyPublished",
+                "its record is answered by every authoritative server of the zone",
+            ),
+            KeyPhase.ACTIVE: ("KeyActive", "the mail pods sign with it"),
+            KeyPhase.RETIRING: (
+                "KeyRetiring",
+                "replaced: no longer signing, still published for mail in flight",
+            ),
+            KeyPhase.RETIRED: ("KeyRetired", "its record is withdrawn and its Secret deleted"),
+        }
+        for item in work.values():
+            events = list(item.events)
+            for key in item.keys:
+                if item.before.get(key.selector) is not key.phase and key.phase in messages:
+                    reason, text = messages[key.phase]
+                    events.append((EventType.NORMAL, reason, f"selector {key.selector}: {text}"))
+            for type_, reason, message in events:
+                await self._event(item.observed.raw, type_, reason, message)
+
+    async def _event(
+        self,
+        involved: MailDomain | Mapping[str, Any],
+        type_: EventType,
+        reason: str,
+        message: str,
+    ) -> None:
+        try:
+            await self.kube.emit_event(involved, type_, reason, message)
+        except KubeError as error:  # events inform; they never fail a pass
+            log.warning("could not record the event %s: %s", reason, error)
+
+    async def _domain_finalizers(self, snapshot: Snapshot, decisions: Decisions) -> None:
+        """`DNS_FINALIZER` on accepted MailDomains whose records a provider API holds; when
+        one is deleted, its records (only ours) are withdrawn before it is let go."""
+        self._withdraw_retry = False
+        for observed in snapshot.domains:
+            model = observed.model
+            has = DNS_FINALIZER in observed.finalizers
+            verdict = decisions.verdicts.get(observed.key)
+            wants = (
+                model is not None
+                and calls_provider(model.spec.dns)
+                and verdict is not None
+                and verdict.accepted
+            )
+            if observed.deleting:
+                if has and await self._withdraw(snapshot, observed):
+                    await self._set_finalizer(observed, add=False)
+            elif wants and not has:
+                await self._set_finalizer(observed, add=True)
+            elif has and not wants and (model is None or not calls_provider(model.spec.dns)):
+                await self._set_finalizer(observed, add=False)
+
+    async def _set_finalizer(self, observed: Observed[Any], *, add: bool) -> None:
+        current = observed.finalizers
+        finalizers = (
+            [*current, DNS_FINALIZER] if add else [f for f in current if f != DNS_FINALIZER]
+        )
+        patch = {
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": observed.resource_version,
+            }
+        }
+        # Gone, or changed since listed: the watch event brings a new pass.
+        with contextlib.suppress(NotFound, Conflict):
+            await self.kube.patch(
+                API_VERSION, Kind.MAIL_DOMAIN.value, observed.key.name, self.namespace, patch
+            )
+
+    async def _withdraw(self, snapshot: Snapshot, observed: Observed[Any]) -> bool:
+        """Withdraw a deleted domain's records; whether its finalizer can go."""
+        model = observed.model
+        name = observed.key.name
+        if model is None:
+            return True
+        spec = model.spec
+        ref = spec.dns.credentials_secret_ref
+        secret = snapshot.secrets.get(ref.name) if ref is not None else None
+        credential = secret.text(ref.key) if secret is not None and ref is not None else None
+        deleted_at = lifecycle.parse_time(
+            str((observed.raw.get("metadata") or {}).get("deletionTimestamp") or "")
+        )
+        waited = (self._clock() - deleted_at).total_seconds() if deleted_at else 0.0
+        try:
+            if ref is not None and credential is None:
+                raise DnsProviderError(
+                    f"Secret {ref.name} key {ref.key} (the provider credential) is gone",
+                    temporary=False,
+                )
+            steps = await withdraw_domain(
+                spec.dns,
+                zone=spec.effective_zone,
+                owner=owner_id(self.namespace, name),
+                credential=credential,
+            )
+        except DnsProviderError as error:
+            if error.temporary and waited < WITHDRAW_GIVE_UP_SECONDS:
+                log.warning("withdrawing the records of %s failed (retrying): %s", name, error)
+                self._withdraw_retry = True
+                return False
+            await self._event(
+                observed.raw,
+                EventType.WARNING,
+                "DNSNotWithdrawn",
+                f"the records of {spec.domain} stay in {spec.effective_zone}: {error}; remove "
+                "them by hand (their _letterbox.* registry entries name this MailDomain)",
+            )
+            return True
+        await self._event(
+            observed.raw,
+            EventType.NORMAL,
+            "DNSWithdrawn",
+            f"withdrew {sum(len(a.previous) for a in steps.actions)} record values of "
+            f"{spec.domain} from "
+            f"{spec.effective_zone}; values Letterbox did not create are untouched",
+        )
+        self._dns_seen.pop(name, None)
+        return True
 
     async def _finalizers(
         self, snapshot: Snapshot, purged: frozenset[str], *, config_applied: bool
@@ -503,52 +1109,13 @@ class NamespaceReconciler:
             return ""
         return ready
 
-    async def _dkim_keys(
-        self, snapshot: Snapshot, decisions: Decisions
-    ) -> dict[str, tuple[DkimKeyMaterial, str]]:
-        """DKIMKey name -> (its current key, the key Secret's creation time). A key is generated
-        once into its Secret and never regenerated while the Secret exists."""
-        keys: dict[str, tuple[DkimKeyMaterial, str]] = {}
-        missing: list[DKIMKey] = []
-        for dkimkey in decisions.dkim_keys:
-            spec = dkimkey.spec
-            secret = snapshot.secrets.get(dkim_secret_name(dkimkey, spec.selector))
-            pem = secret.text("private.pem") if secret is not None else None
-            if secret is not None and pem:
-                material = DkimKeyMaterial(spec.domain, spec.selector, spec.algorithm, pem)
-                keys[dkimkey.metadata.name] = (material, secret.created)
-            else:
-                missing.append(dkimkey)
-
-        async def create(dkimkey: DKIMKey) -> str:
-            spec = dkimkey.spec
-            pem = await asyncio.to_thread(generate_dkim_key, spec.algorithm)
-            material = DkimKeyMaterial(spec.domain, spec.selector, spec.algorithm, pem)
-            rendered = dkim_secret(dkimkey, material)
-            ensured = await self.kube.ensure_secret(
-                rendered["metadata"]["name"],
-                self.namespace,
-                rendered["stringData"],
-                owner=dkimkey,
-                labels=rendered["metadata"]["labels"],
-                immutable_keys={"private.pem", "algorithm"},
-            )
-            stored = ensured.data["private.pem"].decode()
-            keys[dkimkey.metadata.name] = (
-                DkimKeyMaterial(spec.domain, spec.selector, spec.algorithm, stored),
-                self._clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-            )
-            return ""
-
-        await passwords.bounded_map(create, missing, WRITE_CONCURRENCY)
-        return keys
-
     def _render(
         self,
         decisions: Decisions,
         hashes: Mapping[str, str],
         snapshot: Snapshot,
         purged: tuple[pod.PurgedMailbox, ...],
+        work: Mapping[str, KeyWork],
     ) -> list[dict[str, Any]]:
         settings = self.settings
         if not decisions.domains:
@@ -560,10 +1127,22 @@ class NamespaceReconciler:
             domains=list(decisions.domains),
             mailboxes=list(decisions.mailboxes),
             aliases=list(decisions.aliases),
-            # No key signs before its record is published (issue 8: DNS checks and the key
-            # lifecycle are not implemented yet), so no DKIM key reaches the pods for now.
-            dkim_keys=[],
+            dkim_keys=[],  # the signing keys come with their files, in PodMaterial
         )
+        # Only the one key per DKIMKey that may sign (`reconcile.dkim.signing`): a key never
+        # signs before its record is live. The mounted Secret holds the keys on their way too,
+        # so the kubelet has their files in place before the config names them.
+        signing = [
+            (item.materials[item.signer.selector], dkim_key_path(item.domain, item.signer.selector))
+            for item in work.values()
+            if item.signer is not None and item.signer.selector in item.materials
+        ]
+        staged = [
+            item.materials[key.selector]
+            for item in work.values()
+            for key in item.keys
+            if key.phase in lifecycle.STAGED_PHASES and key.selector in item.materials
+        ]
         # The oldest domain names the server: stable, so adding domains never rolls the pods.
         hostname = (
             decisions.domains[0].spec.effective_mail_host
@@ -578,6 +1157,7 @@ class NamespaceReconciler:
                 storage=pod_storage(),
                 tls=pod_tls(WorkloadNames.of(settings).tls_secret),
                 password_hashes=dict(hashes),
+                dkim_keys=signing,
                 purged_mailboxes=purged,
             ),
         )
@@ -588,7 +1168,7 @@ class NamespaceReconciler:
         ingress = render_web_ingress(settings, [d.spec for d in decisions.domains], owners=owners)
         return [
             *(self._tls.objects if self._tls is not None else ()),
-            render_dkim_keys_secret(settings, [], owners=owners),
+            render_dkim_keys_secret(settings, staged, owners=owners),
             *([ingress] if ingress else []),
             *render_workload(
                 settings,
@@ -606,8 +1186,9 @@ class NamespaceReconciler:
         decisions: Decisions,
         hashes: Mapping[str, str],
         purged: tuple[pod.PurgedMailbox, ...],
+        work: Mapping[str, KeyWork],
     ) -> ApplyOutcome:
-        objects = await asyncio.to_thread(self._render, decisions, hashes, snapshot, purged)
+        objects = await asyncio.to_thread(self._render, decisions, hashes, snapshot, purged, work)
         if not objects:
             self._applied.clear()
             return ApplyOutcome()
@@ -659,7 +1240,8 @@ class NamespaceReconciler:
         self,
         observed: Observed[Any],
         verdict: Verdict,
-        keys: Mapping[str, tuple[DkimKeyMaterial, str]],
+        work: Mapping[str, KeyWork],
+        dns: Mapping[str, DomainDns],
         domains: Mapping[str, MailDomain],
     ) -> tuple[dict[str, Any], tuple[tuple[str, ConditionStatus, str, str], ...]]:
         model = observed.model
@@ -673,36 +1255,43 @@ class NamespaceReconciler:
                     model.spec.quota or domain.spec.default_quota
                 )
             return fields, ()
-        if isinstance(model, DKIMKey) and verdict.accepted and model.metadata.name in keys:
-            material, created = keys[model.metadata.name]
-            return (
-                {
-                    "phase": KeyPhase.PENDING,
-                    "selector": material.selector,
-                    "secret_name": dkim_secret_name(model, material.selector),
-                    "public_record": dkim_record_value(material),
-                    "created_at": created,
-                },
-                (
-                    (
-                        KEY_ACTIVE,
-                        ConditionStatus.FALSE,
-                        "AwaitingPublication",
-                        f"publish TXT {material.record_name} (see the MailDomain's "
-                        "status.records); signing starts once the record is verified live, "
-                        "which this operator version does not check yet",
-                    ),
-                ),
+        if isinstance(model, DKIMKey) and verdict.accepted and model.metadata.name in work:
+            item = work[model.metadata.name]
+            versions = tuple(k.to_status(dkim_secret_name(model, k.selector)) for k in item.keys)
+            fields = {"keys": versions, "rotate_handled": item.handled}
+            latest = lifecycle.newest(item.keys)
+            if latest is not None:
+                version = next(v for v in versions if v.selector == latest.selector)
+                fields |= {
+                    "phase": version.phase,
+                    "selector": version.selector,
+                    "secret_name": version.secret_name,
+                    "public_record": version.public_record,
+                    "created_at": version.created_at,
+                    "published_at": version.published_at,
+                    "activated_at": version.activated_at,
+                }
+            signer = lifecycle.active(item.keys)
+            fields["signing_selector"] = signer.selector if signer is not None else None
+            rotation = lifecycle.next_rotation(model.spec, item.keys)
+            fields["next_rotation_at"] = (
+                lifecycle.timestamp(rotation) if rotation is not None else None
             )
-        if observed.key.kind is Kind.MAIL_DOMAIN and verdict.accepted and model is not None:
-            spec = model.spec
-            materials = [m for m, _ in keys.values() if m.domain == spec.domain]
+            owner = domains.get(model.spec.domain)
+            manual = owner is not None and not calls_provider(owner.spec.dns)
+            return fields, (key_active(item.keys, model.spec.domain, manual=manual),)
+        if isinstance(model, MailDomain) and verdict.accepted:
+            published = dns.get(model.metadata.name)
             records = [
                 DnsRecordStatus(name=r.name, type=r.type.value, ttl=r.ttl, value=r.value)
-                for r in domain_records(spec, materials)
+                for r in (published.records if published else domain_records(model.spec))
             ]
             tls_fields, tls_conditions = certificate_status(self._tls)
-            return {"records": tuple(records[:64]), **tls_fields}, tls_conditions
+            fields = {"records": tuple(records[:64]), **tls_fields}
+            if published is None:
+                return fields, tls_conditions
+            fields["mta_sts_policy_id"] = published.mta_sts_id
+            return fields, (*tls_conditions, published.outcome.condition)
         return {}, ()
 
     async def _write_statuses(
@@ -710,7 +1299,8 @@ class NamespaceReconciler:
         snapshot: Snapshot,
         decisions: Decisions,
         hashes: Mapping[str, str],
-        keys: Mapping[str, tuple[DkimKeyMaterial, str]],
+        work: Mapping[str, KeyWork],
+        dns: Mapping[str, DomainDns],
     ) -> int:
         now = self._clock()
         writes: list[tuple[Observed[Any], Status, Verdict]] = []
@@ -726,7 +1316,7 @@ class NamespaceReconciler:
                 and observed.model.spec.address not in hashes
             ):
                 continue  # its credentials are being written; the next pass reports it
-            fields, extra = self._fields(observed, verdict, keys, domains)
+            fields, extra = self._fields(observed, verdict, work, dns, domains)
             inputs = (observed.resource_version, verdict, fields, extra)
             if self._settled.get(observed.key) == inputs:
                 settled[observed.key] = inputs

@@ -11,7 +11,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from letterbox.api.conditions import READY, find_condition, set_condition
+from letterbox.api.dkimkey import KeyPhase
 from letterbox.api.meta import Condition, ConditionStatus, Status
+from letterbox.reconcile import dkim
 from letterbox.reconcile.decide import Reason, Verdict
 from letterbox.reconcile.snapshot import Kind, Observed
 
@@ -38,6 +40,44 @@ def _previous(observed: Observed[Any]) -> Status:
         return Status.model_validate(observed.raw.get("status") or {})
     except ValidationError:
         return Status()
+
+
+def key_active(
+    keys: dkim.Keys, domain: str, *, manual: bool
+) -> tuple[str, ConditionStatus, str, str]:
+    """The KeyActive condition of a DKIMKey: which selector signs, or what signing waits for."""
+    signer = dkim.active(keys)
+    latest = dkim.newest(keys)
+    coming = (
+        latest
+        if latest is not None
+        and latest.phase
+        in (
+            KeyPhase.PENDING,
+            KeyPhase.PUBLISHED,
+        )
+        else None
+    )
+
+    def waiting(key: dkim.KeyState) -> str:
+        name = f"{key.selector}._domainkey.{domain}"
+        if key.phase is KeyPhase.PENDING:
+            where = "publish it from the MailDomain's status.records; " if manual else ""
+            return (
+                f"TXT {name} is not yet answered by every authoritative server of the zone "
+                f"({where}signing starts once it is)"
+            )
+        return f"TXT {name} is live; the key signs once the mail pods have it mounted"
+
+    if signer is not None:
+        message = f"the mail pods sign with selector {signer.selector}"
+        if coming is not None:
+            message += f"; rotating to {coming.selector}: {waiting(coming)}"
+        return (KEY_ACTIVE, ConditionStatus.TRUE, "Signing", message)
+    if coming is not None:
+        reason = "AwaitingPublication" if coming.phase is KeyPhase.PENDING else "Activating"
+        return (KEY_ACTIVE, ConditionStatus.FALSE, reason, waiting(coming))
+    return (KEY_ACTIVE, ConditionStatus.FALSE, "NoKey", "no key is published yet")
 
 
 def ready_message(kind: Kind, verdict: Verdict) -> str:
@@ -148,6 +188,7 @@ __all__ = [
     "Transition",
     "conditions_for",
     "desired_status",
+    "key_active",
     "ready_message",
     "transition",
 ]
