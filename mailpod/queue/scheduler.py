@@ -3,9 +3,10 @@ connections within per-destination limits, journals every outcome, retries with 
 jitter until the lifetime ends, and sends DSNs to local senders.
 
 One process of the pod runs it (the holder of the queue's runner lock). Every final outcome is
-fsync'd to the message's journal before the next transaction on that connection starts, so a
-crash at any point re-sends at most the transaction that was in flight (at-least-once), never to
-a recipient whose 250 was recorded.
+fsync'd to the message's journal (or, for a message with nothing left to do, its removal is
+fsync'd) before the next transaction on that connection starts, so a crash at any point
+re-sends at most the transaction that was in flight (at-least-once), never to a recipient whose
+250 was recorded.
 """
 
 from __future__ import annotations
@@ -385,6 +386,14 @@ class QueueRunner:
                     "attempts": recipient.attempts,
                 },
             )
+        others = self.in_flight.get(message.id, set()).difference(job.indexes)
+        if message.done and not others and not self._notices(message):
+            # Nothing left to send and no DSN to write: the durable removal is the record (one
+            # directory fsync instead of a journal append + fsync, then the removal).
+            await self._io(lambda: self.store.retire(message.id))
+            self._release(job)
+            self.messages.pop(message.id, None)
+            return
         # The outcome is on disk before anything else happens on this connection.
         await self._io(lambda: self.store.record_many(message, job.indexes, durable))
         self._release(job)
@@ -402,28 +411,33 @@ class QueueRunner:
 
     # --- the end of a message -------------------------------------------------------------------
 
+    def _notices(self, message: QueuedMessage) -> list[QueuedRecipient]:
+        """The recipients a DSN to the (local) sender must report now."""
+        if message.dropped or not message.bounce_to or self.local_deliver is None:
+            return []
+        return [
+            r
+            for r in message.recipients
+            if (r.status is RcptStatus.FAILED and r.wants(Notify.FAILURE))
+            or (r.status is RcptStatus.DELIVERED and r.wants(Notify.SUCCESS))
+        ]
+
     async def _finish(self, message: QueuedMessage) -> None:
         if self.in_flight.get(message.id):
             return  # the last job in flight finishes it
         if message.id not in self.messages:
             return
         del self.messages[message.id]
-        if not message.dropped and message.bounce_to and self.local_deliver is not None:
-            notices = [
-                r
-                for r in message.recipients
-                if (r.status is RcptStatus.FAILED and r.wants(Notify.FAILURE))
-                or (r.status is RcptStatus.DELIVERED and r.wants(Notify.SUCCESS))
-            ]
-            if notices:
-                try:
-                    original = await self._io(lambda: self.store.body(message.id))
-                    dsn = build_dsn(message, original, notices, self.hostname)
-                    await self.local_deliver(message.bounce_to, dsn)
-                    log.info(
-                        "dsn sent",
-                        extra={"queue_id": message.id, "recipient": message.bounce_to},
-                    )
-                except Exception:
-                    log.exception("queue: DSN not delivered", extra={"queue_id": message.id})
+        notices = self._notices(message)
+        if notices and self.local_deliver is not None:
+            try:
+                original = await self._io(lambda: self.store.body(message.id))
+                dsn = build_dsn(message, original, notices, self.hostname)
+                await self.local_deliver(message.bounce_to, dsn)
+                log.info(
+                    "dsn sent",
+                    extra={"queue_id": message.id, "recipient": message.bounce_to},
+                )
+            except Exception:
+                log.exception("queue: DSN not delivered", extra={"queue_id": message.id})
         await self._io(lambda: self.store.remove(message.id))

@@ -106,6 +106,13 @@ def _cli(pod: MailpodProcess, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _written(sink: SmtpSink) -> bool:
+    """smtp-sink creates a dump file before it writes it: a dump counts once its envelope is in
+    (it is written in one go with the data, after the end of data)."""
+    dumps = sink.dumps()
+    return bool(dumps) and all(d.rcpts for d in dumps)
+
+
 def _queue_empty(pod: MailpodProcess) -> bool:
     return QueueStore(pod.root / "queue").ids() == []
 
@@ -120,7 +127,7 @@ def test_submitted_mail_for_a_remote_domain_is_queued_and_delivered(
         b"From: Alice <alice@example.com>\r\nSubject: out\r\n\r\nhello\r\n",
     )
     client.quit()
-    _wait(lambda: far.dumps())
+    _wait(lambda: _written(far))
     [dump] = far.dumps()
     assert dump.mail_from == ALICE
     assert dump.rcpts == [f"friend@{FAR}"]
@@ -149,7 +156,7 @@ def test_an_alias_forwards_outside_with_srs_and_never_bounces_to_the_external_se
         b"From: <someone@elsewhere.example>\r\nSubject: forwarded\r\n\r\nhi\r\n",
     )
     client.quit()
-    _wait(lambda: far.dumps())
+    _wait(lambda: _written(far))
     [dump] = far.dumps()
     assert dump.rcpts == [f"friend@{FAR}"]
     assert dump.mail_from.startswith("SRS0=")
@@ -251,7 +258,7 @@ def test_kill_9_during_a_delivery_burst_loses_nothing_and_repeats_no_recorded_de
         _wait(lambda: len(store.ids()) == count)
         with SmtpSink(ADDRESSES[BURST]) as sink:
             assert _cli(pod, "retry", "--all").returncode == 0
-            _wait(lambda: len(list(sink.workdir.iterdir())) >= 60, 30)
+            _wait(lambda: len(list(sink.workdir.iterdir())) >= 20, 30)
             assert pod.proc is not None
             os.killpg(pod.proc.pid, signal.SIGKILL)
             pod.proc.wait()

@@ -97,3 +97,72 @@ async def test_a_malformed_reply_is_an_error() -> None:
         await client.command("NOOP")
     client.abort()
     server.close()
+
+
+async def test_pipelining_sends_mail_rcpt_and_data_in_one_group() -> None:
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hello\r\n")
+        # Not a reply until the whole group is in: a client waiting for one before DATA hangs.
+        for _ in range(4):
+            seen.append(await reader.readline())
+        writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no\r\n354 go\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            if line == b".\r\n":
+                writer.write(b"250 2.0.0 queued\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await SmtpClient.connect("127.0.0.1", port, connect_timeout=2, command_timeout=2)
+    client.extensions = {"PIPELINING": ""}
+    result = await client.send(
+        "a@example.com", [("b@example.com", ""), ("c@example.com", "")], b"hi"
+    )
+    assert [str(r) for r in result.replies] == ["250 2.1.5 ok", "550 5.1.1 no"]
+    assert str(result.data_reply) == "250 2.0.0 queued"
+    client.abort()
+    server.close()
+    assert seen == [
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.com>\r\n",
+        b"RCPT TO:<c@example.com>\r\n",
+        b"DATA\r\n",
+        b"hi\r\n",
+        b".\r\n",
+    ]
+
+
+async def test_pipelining_with_every_recipient_refused_ends_an_accepted_data_empty() -> None:
+    client, seen, server = await _client_against(
+        b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n554 5.5.1 no valid recipients\r\n250 reset\r\n"
+    )
+    client.extensions = {"PIPELINING": ""}
+    result = await client.send("a@example.com", [("b@example.com", "")], b"secret body")
+    assert [r.code for r in result.replies] == [550]
+    assert result.data_reply is None
+    client.abort()
+    server.close()
+    await asyncio.sleep(0.05)
+    assert seen == [
+        b"MAIL FROM:<a@example.com>\r\n",
+        b"RCPT TO:<b@example.com>\r\n",
+        b"DATA\r\n",
+        b".\r\n",
+        b"RSET\r\n",
+    ]
+
+
+async def test_pipelining_a_refused_sender_consumes_every_reply() -> None:
+    client, _, server = await _client_against(
+        b"451 4.3.0 later\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no RCPT\r\n250 reset\r\n"
+    )
+    client.extensions = {"PIPELINING": ""}
+    with pytest.raises(SmtpClientError) as error:
+        await client.send("a@example.com", [("b@example.com", "")], b"x")
+    assert error.value.code == 451
+    await client.rset()  # the replies stayed in step: RSET gets its own
+    client.abort()
+    server.close()

@@ -150,3 +150,16 @@ def test_one_runner_at_a_time(tmp_path: Path) -> None:
     first.release()
     assert second.acquire()
     second.release()
+
+
+def test_retire_removes_a_finished_message_and_its_journal(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    message = _message("a@remote.example")
+    store.enqueue(message, [b"x"])
+    message.recipients[0].status = RcptStatus.DEFERRED
+    store.record_many(message, [0], durable=False)
+    store.retire(message.id)
+    assert store.ids() == []
+    assert store.load(message.id) is None
+    assert not store.path(message.id, "log").exists()
+    store.retire(message.id)  # already gone: nothing to do, no error
