@@ -8,7 +8,7 @@ autoconfig names), DNSPublished=True HandedToExternalDNS; the test then plays ex
 the endpoints into a real PowerDNS and writes status.observedGeneration), and the DKIM key goes
 live only then; a changed spec updates the endpoint; switching the provider to manual deletes
 it; switching back recreates it, and deleting the MailDomain lets the garbage collector remove
-it through its ownerReference.
+it through its ownerReference. A switch made while no operator runs is seen by the next one.
 """
 
 from __future__ import annotations
@@ -368,6 +368,47 @@ def test_dns_endpoint_follows_the_maildomain(
         admin.close()
         pdns.delete_zone(DOMAIN)
     print(f"whole story in {time.monotonic() - began:.1f}s")
+
+
+def test_a_switch_made_while_no_operator_runs_deletes_the_endpoint(
+    endpoint_crd: ControlPlane, powerdns: PowerDns, tmp_path: Path
+) -> None:
+    """The operator that wrote the endpoint stops; the domain moves to manual; a new operator
+    (which wrote nothing itself) learns of the endpoint from the stored status and deletes it."""
+    namespace = "dns-external-restart"
+    admin = Kube.connect(endpoint_crd.kubeconfig)
+    kubeconfig = grant(endpoint_crd, admin, tmp_path / "kubeconfig", namespace)
+
+    def endpoint() -> dict[str, Any] | None:
+        with contextlib.suppress(NotFound):
+            return dict(admin.get(ENDPOINT_API, "DNSEndpoint", "external", namespace))
+        return None
+
+    def published() -> tuple[str, str] | None:
+        return condition(dict(admin.get(LB, "MailDomain", "external", namespace)), "DNSPublished")
+
+    try:
+        with operator(kubeconfig, powerdns, namespace):
+            admin.apply(maildomain(namespace))
+            wait_for(
+                "the endpoint written",
+                lambda: endpoint() is not None and published() == ("True", "HandedToExternalDNS"),
+                30,
+            )
+        admin.apply(maildomain(namespace, provider="manual"))
+        time.sleep(1)  # nothing runs to delete it
+        assert endpoint() is not None
+        assert published() == ("True", "HandedToExternalDNS")
+        began = time.monotonic()
+        with operator(kubeconfig, powerdns, namespace):
+            wait_for("the endpoint deleted", lambda: endpoint() is None, 30)
+            print(f"\nDNSEndpoint deleted {time.monotonic() - began:.1f}s after the start")
+            wait_for("DNSPublished Manual", lambda: published() == ("Unknown", "Manual"), 20)
+            # Deleted once: the next pass, with Manual stored, does not recreate or fail.
+            time.sleep(1)
+            assert endpoint() is None and published() == ("Unknown", "Manual")
+    finally:
+        admin.close()
 
 
 def test_without_the_rbac_value_the_condition_says_what_to_turn_on(

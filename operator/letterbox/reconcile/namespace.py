@@ -58,6 +58,7 @@ from letterbox.reconcile.ports import ClusterApi
 from letterbox.reconcile.publishing import (
     SWEPT_REASONS,
     calls_provider,
+    handed_to_external_dns,
     live_records,
     publish_and_sweep,
     withdraw_domain,
@@ -662,8 +663,11 @@ class NamespaceReconciler:
                     temporary=True,
                 )
             self._endpoints[name] = name
-        elif name in self._endpoints:
-            # The domain left externalDNS: its endpoint would keep publishing old records.
+        elif name in self._endpoints or handed_to_external_dns(domain):
+            # The domain left externalDNS: its endpoint would keep publishing old records. The
+            # stored status covers a switch made while no operator was running; remembering
+            # the name first keeps a failed delete retried once our status stops saying so.
+            self._endpoints[name] = name
             await self.kube.delete(
                 "externaldns.k8s.io/v1alpha1", "DNSEndpoint", name, self.namespace
             )

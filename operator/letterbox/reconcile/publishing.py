@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from letterbox.api.conditions import find_condition
 from letterbox.api.dnsrecord import DnsRecord, RecordType
-from letterbox.api.maildomain import DnsPolicy, DnsProviderKind, DnsSpec
+from letterbox.api.maildomain import DnsPolicy, DnsProviderKind, DnsSpec, MailDomain
 from letterbox.api.meta import ConditionStatus
 from letterbox.dns.plan import Plan, plan, registry_name
 from letterbox.dns.provider import DnsProvider, DnsProviderError, absolute
 from letterbox.dns.publish import (
     BACKOFF_SECONDS,
+    DNS_PUBLISHED,
     DnsOutcome,
     Sleep,
     authoritative_servers,
@@ -41,6 +43,14 @@ SWEPT_REASONS = frozenset(
 
 def calls_provider(spec: DnsSpec) -> bool:
     return spec.provider in API_PROVIDERS
+
+
+def handed_to_external_dns(domain: MailDomain) -> bool:
+    """Whether the stored status says a DNSEndpoint was written for the domain: how a process
+    that did not write it (a restart, a new leader) knows there may be one to delete when the
+    provider is no longer externalDNS. The Role cannot get or list DNSEndpoints, on purpose."""
+    found = find_condition(domain.status.conditions, DNS_PUBLISHED)
+    return found is not None and found.reason == "HandedToExternalDNS"
 
 
 def is_dkim_name(name: str) -> bool:

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 import pytest
 
 from letterbox.api.dnsrecord import DnsRecord, RecordType
-from letterbox.api.maildomain import DnsProviderKind, DnsSpec
+from letterbox.api.maildomain import DnsProviderKind, DnsSpec, MailDomain
 from letterbox.api.meta import ConditionStatus
 from letterbox.dns.plan import ActionKind, apply_to, plan, registry_name
 from letterbox.dns.provider import Change, DnsProviderError, InvalidCredentials, RRset
 from letterbox.reconcile.publishing import (
     calls_provider,
+    handed_to_external_dns,
     is_dkim_name,
     publish_and_sweep,
     sweep_dkim,
@@ -227,3 +228,41 @@ async def test_an_empty_credential_is_the_condition_before_any_call() -> None:
     assert (outcome.status, outcome.reason) == (ConditionStatus.FALSE, "InvalidCredentials")
     assert not outcome.temporary
     assert "Secret pdns key api-key" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "handed"),
+    [("externalDNS", True), ("manual", False), ("powerdns", False), (None, False)],
+)
+async def test_a_stored_external_dns_condition_means_an_endpoint_may_exist(
+    kind: str | None, handed: bool
+) -> None:
+    """The status the externalDNS outcome writes is how a fresh process learns of an endpoint
+    it did not write; any other DNSPublished (or none) is not."""
+    conditions = []
+    if kind is not None:
+        spec = DnsSpec.model_validate(
+            {
+                "provider": kind,
+                # Never called: an empty credential is the condition first.
+                "powerdns": {"url": "http://127.0.0.1:9"},
+                "credentialsSecretRef": {"name": "pdns", "key": "api-key"},
+            }
+            if kind == "powerdns"
+            else {"provider": kind}
+        )
+        outcome = await publish_and_sweep(spec, OURS, zone=ZONE, owner=OWNER, credential="")
+        type_, status, reason, message = outcome.condition
+        conditions.append(
+            {"type": type_, "status": status.value, "reason": reason, "message": message}
+        )
+    domain = MailDomain.model_validate(
+        {
+            "apiVersion": "letterbox.dev/v1alpha1",
+            "kind": "MailDomain",
+            "metadata": {"name": "d"},
+            "spec": {"domain": "example.org"},
+            "status": {"conditions": conditions},
+        }
+    )
+    assert handed_to_external_dns(domain) is handed
