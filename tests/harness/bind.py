@@ -18,7 +18,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import dns.exception
@@ -27,6 +26,7 @@ import dns.query
 import dns.rdatatype
 
 from tests.harness.controlplane import _Process, free_port
+from tests.harness.loopback import LoopbackServer
 from tests.harness.powerdns import RRset, fqdn
 
 NAMED: Final = "/usr/sbin/named"
@@ -50,8 +50,10 @@ def keygen(name: str, algorithm: str = "hmac-sha256") -> str:
     return match.group(1)
 
 
-class Bind:
+class Bind(LoopbackServer):
     """named on 127.0.0.1:`port` (UDP and TCP) serving `zones` as primary."""
+
+    log_name = "named.log"
 
     def __init__(self, zones: Mapping[str, Sequence[RRset]], *, algorithm: str = "hmac-sha256"):
         self.zones = {zone.rstrip("."): list(rrsets) for zone, rrsets in zones.items()}
@@ -138,27 +140,6 @@ class Bind:
             self._process.stop()
             self._process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Bind:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.workdir / "named.log").read_text().splitlines()[-lines:])
-        except OSError as error:
-            return f"(no log: {error})"
 
     def query(self, name: str, rtype: str, *, timeout: float = 5.0) -> list[str]:
         """What an authoritative query returns, in text form ([] for nothing or no answer)."""

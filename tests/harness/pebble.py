@@ -23,13 +23,13 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 import httpx
 import trustme
 
 from tests.harness.controlplane import _Process, free_port
+from tests.harness.loopback import LoopbackServer
 
 BINARY: Final = "pebble"
 START_TIMEOUT: Final = 20.0
@@ -39,10 +39,12 @@ class PebbleError(RuntimeError):
     pass
 
 
-class Pebble:
+class Pebble(LoopbackServer):
     """Pebble's ACME API on https://127.0.0.1:`port`/dir and its management API (roots,
     intermediates) on `management_port`. `validity_seconds` sets the lifetime of issued
     certificates, so renewal can be tested with certificates that live seconds."""
+
+    log_name = "pebble.log"
 
     def __init__(self, dns_server: str, *, validity_seconds: int | None = None) -> None:
         self.dns_server = dns_server
@@ -116,23 +118,6 @@ class Pebble:
             self._process.stop()
             self._process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Pebble:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.workdir / "pebble.log").read_text().splitlines()[-lines:])
-        except OSError as error:
-            return f"(no log: {error})"
 
     def root_pem(self) -> str:
         """The root that issued certificates chain to (generated afresh at each start)."""

@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import dns.message
@@ -30,6 +29,7 @@ import dns.rdatatype
 import httpx
 
 from tests.harness.controlplane import _Process, free_port
+from tests.harness.loopback import LoopbackServer
 
 SCHEMA: Final = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
 BINARY: Final = "pdns_server"
@@ -48,10 +48,12 @@ def fqdn(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
-class PowerDns:
+class PowerDns(LoopbackServer):
     """A PowerDNS authoritative server on 127.0.0.1:`dns_port` (UDP and TCP) with its API on
     127.0.0.1:`api_port`. Zones are native (no AXFR); RFC 2136 updates are accepted from loopback
     for zones that allow them (see `allow_updates`)."""
+
+    log_name = "pdns.log"
 
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="letterbox-pdns-"))
@@ -125,23 +127,6 @@ class PowerDns:
             self._process = None
         self._http.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PowerDns:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.workdir / "pdns.log").read_text().splitlines()[-lines:])
-        except OSError as error:
-            return f"(no log: {error})"
 
     @property
     def nameserver(self) -> str:

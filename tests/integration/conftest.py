@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,3 +17,16 @@ def mailpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailpodProcess
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A UDP and TCP port (`host:port`) that takes DNS queries and never answers: a dead DNS
+    server for the resolver, the inbound checks and their reload."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", port))
+            tcp.listen()
+            yield f"127.0.0.1:{port}"

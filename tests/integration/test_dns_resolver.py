@@ -4,9 +4,7 @@ apart, the shared cache, coalescing, and a dead server that only costs its own t
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,18 +33,6 @@ def zone(powerdns: PowerDns) -> PowerDns:
 @pytest.fixture
 def resolver(zone: PowerDns) -> CachingResolver:
     return CachingResolver(ResolverConfig(nameservers=(zone.nameserver,), timeout_seconds=2.0))
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A UDP and TCP port that takes queries and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", port))
-            tcp.listen()
-            yield f"127.0.0.1:{port}"
 
 
 async def test_records_nxdomain_and_nodata_are_told_apart(resolver: CachingResolver) -> None:

@@ -418,18 +418,6 @@ def test_greylisting_refuses_once_then_lets_the_retry_in(proxied: MailpodProcess
 # --- a dead DNS server -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """A UDP and TCP port that takes queries and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", port))
-            tcp.listen()
-            yield f"127.0.0.1:{port}"
-
-
 def test_dead_dns_server_never_stalls_other_sessions(tmp_path: Path, blackhole: str) -> None:
     overrides = {
         "resolver": {"nameservers": [blackhole], "timeout_seconds": 1.5},

@@ -5,9 +5,7 @@ restart in between."""
 from __future__ import annotations
 
 import smtplib
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +16,6 @@ from tests.integration.mailpod_harness import MailpodProcess
 pytestmark = pytest.mark.integration
 
 ZONE = "rl-reload.test"
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A UDP and TCP port that takes DNS queries and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", port))
-            tcp.listen()
-            yield f"127.0.0.1:{port}"
 
 
 def _send(pod: MailpodProcess, subject: str) -> None:
@@ -51,10 +37,10 @@ def _spf_result(pod: MailpodProcess, subject: str) -> str:
 
 
 def test_new_nameservers_apply_on_reload(
-    tmp_path: Path, powerdns: PowerDns, silent_server: str
+    tmp_path: Path, powerdns: PowerDns, blackhole: str
 ) -> None:
     powerdns.create_zone(ZONE, [(ZONE, "TXT", 300, ['"v=spf1 ip4:127.0.0.1 -all"'])])
-    resolver = {"nameservers": [silent_server], "timeout_seconds": 0.5}
+    resolver = {"nameservers": [blackhole], "timeout_seconds": 0.5}
     overrides = {"resolver": resolver, "checks": {"exempt_networks": [], "dmarc": False}}
     pod = MailpodProcess(tmp_path, workers=2, overrides=overrides).start()
     try:
