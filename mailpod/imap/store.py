@@ -58,6 +58,7 @@ from mailpod.imap.backend import (
     MailboxError,
     MessageInfo,
 )
+from mailpod.storage.maildir import arrival_order
 
 __all__ = ["INDEX_NAME", "SPECIAL_USE_FOLDERS", "Change", "MaildirIndex", "validate_folder_name"]
 
@@ -741,7 +742,7 @@ class MaildirIndex:
         if gone:
             self._tombstone(db, folder_id, gone, modseq)
         # Deliveries get UIDs in arrival order (the base name starts with the delivery time).
-        adopt.sort(key=lambda item: (_arrival(item[0]), item[0]))
+        adopt.sort(key=lambda item: arrival_order(item[0]))
         moved_any = False
         for base, relative, flags in adopt:
             source = path / relative
@@ -1123,11 +1124,6 @@ class MaildirIndex:
             removed = [uid for uid, _ in rows]
             self._tombstone(db, folder_id, removed, self._bump(db, folder_id))
         return removed
-
-
-def _arrival(base: str) -> int:
-    match = _TIME.match(base)
-    return int(match[1]) if match else 0
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -51,6 +51,7 @@ USAGE_MAX_AGE = 30.0
 
 _SIZE = re.compile(r",S=(\d+)")
 _NAME = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.([^,:]+)")  # groups: pid, host
+_ARRIVAL = re.compile(r"^(\d+)\.(?:M(\d+)P\d+Q(\d+)\.)?")  # seconds, microseconds, counter
 _IOV_MAX = 64  # well under any system's IOV_MAX; a message has a handful of chunks
 
 # Process-wide, not per storage: two MaildirStorage objects in one process share the pid that
@@ -58,6 +59,18 @@ _IOV_MAX = 64  # well under any system's IOV_MAX; a message has a handful of chu
 _counter = itertools.count(1)
 _in_flight: set[str] = set()
 """Names of tmp/ files this process has written and not yet published or discarded."""
+
+
+def arrival_order(base: str) -> tuple[int, int, int, str]:
+    """A sort key putting Maildir names in delivery order.
+
+    Names sort wrongly as text: the microseconds are not zero-padded (as in Dovecot's names), so
+    ".M99999" sorts after ".M100000" in the same second. Names from other tools keep their
+    leading seconds and otherwise fall back to the text."""
+    match = _ARRIVAL.match(base)
+    if match is None:
+        return (0, 0, 0, base)
+    return (int(match[1]), int(match[2] or 0), int(match[3] or 0), base)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,6 +18,7 @@ import trustme
 import yaml
 from argon2 import PasswordHasher
 
+from mailpod.storage.maildir import arrival_order
 from tests.conftest import REPO
 
 # Cheap parameters keep the suite fast; production hashes use the argon2 defaults.
@@ -166,4 +167,4 @@ class MailpodProcess:
         new = self.maildir(address) / "new"
         cur = self.maildir(address) / "cur"
         files = [*(new.iterdir() if new.exists() else []), *(cur.iterdir() if cur.exists() else [])]
-        return [f.read_bytes() for f in sorted(files)]
+        return [f.read_bytes() for f in sorted(files, key=lambda f: arrival_order(f.name))]

@@ -269,6 +269,22 @@ def test_full_sync_adopts_unknown_files_and_forgets_missing_ones(index: MaildirI
     assert len(index.messages(inbox.id)[1]) == 2
 
 
+def test_deliveries_in_one_second_get_uids_in_arrival_order(index: MaildirIndex) -> None:
+    # The microseconds cross a digit boundary; as text the later delivery would sort first.
+    for name, subject in (
+        ("1763800000.M99999P7Q1.mx", b"first"),
+        ("1763800000.M100000P7Q2.mx", b"second"),
+    ):
+        (index.root / "new" / name).write_bytes(b"Subject: " + subject + b"\r\n\r\nx\r\n")
+    inbox = index.folder("INBOX")
+    index.sync(inbox.id)
+    uids = [m.uid for m in index.messages(inbox.id)[1]]
+    assert [index.read(inbox.id, uid) for uid in uids] == [
+        b"Subject: first\r\n\r\nx\r\n",
+        b"Subject: second\r\n\r\nx\r\n",
+    ]
+
+
 def test_folder_create_rename_delete(index: MaildirIndex) -> None:
     index.create_folder("Work")
     index.create_folder("Work.2024")

@@ -20,7 +20,7 @@ from mailpod.errors import SmtpError
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.storage import MaildirStorage, maildir_path
 from mailpod.storage import maildir as maildir_module
-from mailpod.storage.maildir import MaildirDelivery
+from mailpod.storage.maildir import MaildirDelivery, arrival_order
 
 HOST = "mx.example.test"
 NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)\.mx\.example\.test,S=(\d+)$")
@@ -564,3 +564,12 @@ def test_zombies_and_killed_processes_count_as_gone() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert Path(f"/proc/{sleeper.pid}").exists()  # still there, yet counted as gone
+
+
+def test_arrival_order_reads_the_unpadded_microseconds_as_numbers() -> None:
+    # Same second, across a digit boundary: text order would put the later delivery first.
+    earlier = "1763800000.M99999P7Q1.host,S=10"
+    later = "1763800000.M100000P7Q2.host,S=10"
+    assert sorted([later, earlier]) == [later, earlier]
+    assert sorted([later, earlier], key=arrival_order) == [earlier, later]
+    assert sorted(["2.x", "10.y", "mutt-name"], key=arrival_order) == ["mutt-name", "2.x", "10.y"]
