@@ -261,6 +261,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
     # Imported here: kopf and the API client are heavy, and the offline commands need neither.
     from letterbox.handlers.operator import run_operator
     from letterbox.kube import AsyncKube, Kube
+    from letterbox.kube.connection import KubeconfigError
 
     text = Path(args.settings).read_text() if args.settings else None
     try:
@@ -273,7 +274,12 @@ def cmd_operator(args: argparse.Namespace) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    kube = Kube.connect(args.kubeconfig, field_manager=settings.kopf.field_manager)
+    try:
+        kube = Kube.connect(
+            args.kubeconfig, context=args.context, field_manager=settings.kopf.field_manager
+        )
+    except KubeconfigError as error:
+        raise CliError(f"cannot connect to the cluster: {error}") from error
     # What is loaded by now (modules, kopf, the API client) lives as long as the process: kept
     # out of the collector's full passes, which would otherwise walk it again every time.
     gc.freeze()
@@ -365,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster account, then $KUBECONFIG)"
     )
+    operator.add_argument("--context", help="kubeconfig context (default: its current-context)")
     operator.add_argument(
         "--namespace", help="namespace to serve (default: the settings' namespace)"
     )

@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,7 @@ import kopf
 from letterbox.api.meta import GROUP, VERSION
 from letterbox.api.settings import OperatorSettings
 from letterbox.dns.publish import DnsPublisher
+from letterbox.kube.connection import EXPIRY_MARGIN, ApiServer
 from letterbox.reconcile.dkim import MOUNT_SECONDS
 from letterbox.reconcile.namespace import NamespaceReconciler
 from letterbox.reconcile.ports import ClusterApi
@@ -59,6 +62,9 @@ PASS_FAILED_DELAY = 5.0
 # queues the requests instead. (kopf now watches only MailDomains, for the resync timer; the
 # store's watches use letterbox.kube.)
 KOPF_CONNECTIONS = 24
+# How long kopf keeps a token read from a file the kubelet rotates (client-go re-reads it every
+# minute; kopf's watches only need it at each reconnect).
+TOKEN_REFRESH_SECONDS = 600.0
 KOPF_LIST_CHUNK = 500
 
 
@@ -111,24 +117,30 @@ class OperatorRuntime:
         return self.reconciler
 
 
-def _connection(kube: ClusterApi) -> kopf.ConnectionInfo:
-    """kopf's connection from the same kubeconfig (or in-cluster account) as letterbox.kube,
-    so both act as one identity under one set of RBAC rules."""
-    configuration: Any = kube.sync.api_client.configuration
-    # The client keeps the token under "BearerToken" or "authorization" depending on its version;
-    # asking as it does itself also runs its refresh hook (rotating in-cluster tokens).
-    authorization = (
-        configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or ""
+def _session(kube: ClusterApi) -> kopf.AiohttpSession:
+    """kopf's session with the same API server and identity as letterbox.kube, so both act as
+    one identity under one set of RBAC rules. A token that can change (a rotated ServiceAccount
+    token, an exec plugin's) is taken afresh: kopf logs in again when this one expires (or on
+    a 401)."""
+    api_server: ApiServer = kube.sync.transport.api_server
+    credential = api_server.credential()
+    authorization = api_server.authorization()
+    changing = api_server.token_file is not None or api_server.exec_plugin is not None
+    expires = (
+        credential.expires
+        if credential.expires is not None
+        else (time.time() + TOKEN_REFRESH_SECONDS if changing else None)
     )
-    scheme, _, token = authorization.partition(" ")
-    return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
-        scheme=scheme or None,
-        token=token or None,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=KOPF_CONNECTIONS, ssl=api_server.ssl_context()),
+        headers={"Authorization": authorization} if authorization else {},
+        trust_env=False,
+    )
+    return kopf.AiohttpSession(
+        server=api_server.server,
+        default_namespace=api_server.namespace,
+        aiohttp_session=session,
+        expiration=datetime.fromtimestamp(expires - EXPIRY_MARGIN, UTC) if expires else None,
     )
 
 
@@ -140,15 +152,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
         # Async: the session belongs to kopf's event loop (kopf closes it on re-login).
-        info = _connection(runtime.kube)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=KOPF_CONNECTIONS, ssl=info.as_ssl_context()),
-            headers=info.as_http_headers(),
-            trust_env=False,
-        )
-        return kopf.AiohttpSession(
-            server=info.server, default_namespace=info.default_namespace, aiohttp_session=session
-        )
+        return _session(runtime.kube)
 
     @kopf.on.startup(registry=registry)
     async def startup(**_: Any) -> None:

@@ -1,11 +1,9 @@
-"""`Kube`: every API call the operator makes, on the official client's `ApiClient`.
+"""`Kube`: every API call the operator makes, as plain JSON over urllib3.
 
-(The client's generated code is only partly annotated; the few untyped calls are marked.)
-
-We use the `ApiClient` only for what it is good at (configuration, TLS, token refresh, the
-connection pool) and speak plain JSON dicts on top of it: the operator renders objects as dicts,
-CRDs have no generated models, and skipping the client's model (de)serialisation keeps fields it
-does not know intact. The calls are synchronous; asyncio code uses `letterbox.kube.aio`.
+The operator renders objects as dicts, CRDs have no generated models, and skipping any model
+(de)serialisation keeps fields a client does not know intact; `letterbox.kube.connection` finds
+the server and the credentials. The calls are synchronous; asyncio code uses
+`letterbox.kube.aio`.
 """
 
 from __future__ import annotations
@@ -19,18 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 from urllib.parse import urlencode
 
 import urllib3
-from kubernetes.client import ApiClient, Configuration
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config import load_incluster_config, load_kube_config
 from pydantic import BaseModel
 
 from letterbox.api.meta import API_VERSION, Resource, Status
+from letterbox.kube.connection import KubeconfigError, Transport
+from letterbox.kube.connection import connect as connect_api_server
 from letterbox.kube.discovery import Discovery, ResourceInfo
 from letterbox.kube.errors import AlreadyExists, Conflict, Invalid, NotFound, Unavailable
 from letterbox.kube.errors import error_from_response as _error_from_response
@@ -282,14 +278,14 @@ class Kube:
 
     def __init__(
         self,
-        api_client: ApiClient,
+        transport: Transport,
         *,
         field_manager: str = FIELD_MANAGER,
         timeout: float = 30.0,
         instance: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.api_client = api_client
+        self.transport = transport
         self.field_manager = field_manager
         self.instance = instance or _default_instance()
         # (connect, read): a dead API server is noticed in seconds, a slow list is not cut off.
@@ -311,29 +307,15 @@ class Kube:
         instance: str | None = None,
     ) -> Kube:
         """A client for the pod's ServiceAccount when running in a cluster (and no kubeconfig is
-        given), else for `kubeconfig` (default: $KUBECONFIG, then ~/.kube/config)."""
-        configuration = Configuration()
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            # try_refresh_token: bound ServiceAccount tokens rotate; the file is re-read.
-            load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration, try_refresh_token=True
-            )
-        else:
-            load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(Path(kubeconfig)) if kubeconfig is not None else None,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,  # never write refreshed tokens back into the file
-            )
-        configuration.connection_pool_maxsize = max(
-            configuration.connection_pool_maxsize or 0, CONNECTIONS
+        given), else for `kubeconfig` (default: $KUBECONFIG, then ~/.kube/config). Raises
+        KubeconfigError saying what is wrong with either."""
+        transport = Transport(
+            connect_api_server(kubeconfig, context), connections=CONNECTIONS, user_agent="letterbox"
         )
-        api_client = ApiClient(configuration)
-        api_client.user_agent = "letterbox"
-        return cls(api_client, field_manager=field_manager, timeout=timeout, instance=instance)
+        return cls(transport, field_manager=field_manager, timeout=timeout, instance=instance)
 
     def close(self) -> None:
-        self.api_client.close()  # type: ignore[no-untyped-call]
+        self.transport.close()
 
     def __enter__(self) -> Kube:
         return self
@@ -374,15 +356,7 @@ class Kube:
             body=body,
             content_type=content_type,
         )
-        try:
-            raw: bytes = response.read()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(
-                f"{verb} {what}: cannot reach the API server: {exc}",
-                verb=verb,
-                resource=resource,
-                group=group,
-            ) from exc
+        raw: bytes = response.data
         return json.loads(raw) if raw else None
 
     def _request(
@@ -398,8 +372,9 @@ class Kube:
         body: Any = None,
         content_type: str = JSON,
         timeout: tuple[float, float] | None = None,
-    ) -> Any:
-        """Send one request; the client's response (body not yet read) when it succeeded."""
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send one request; the response when it succeeded (its body read unless `stream`)."""
         params = {key: value for key, value in (query or {}).items() if value is not None}
         if method in ("POST", "PATCH", "PUT"):
             # Every write is recorded under one manager in managedFields (SSA sets its own).
@@ -407,27 +382,31 @@ class Kube:
         if params:
             path = f"{path}?{urlencode(params)}"
         try:
-            request = self.api_client.param_serialize(
-                method=method,
-                resource_path=path,
-                header_params={"Accept": JSON, "Content-Type": content_type},
-                body=body,
-                auth_settings=["BearerToken"],
+            response = self.transport.request(
+                method,
+                path,
+                headers={"Accept": JSON, "Content-Type": content_type},
+                body=None if body is None else json.dumps(body).encode(),
+                timeout=timeout or self._timeout,
+                stream=stream,
             )
-            response = self.api_client.call_api(*request, _request_timeout=timeout or self._timeout)
-            status = int(response.status)
-            if not 200 <= status < 300:
-                raw: bytes = response.read()  # type: ignore[no-untyped-call]
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, KubeconfigError) as exc:
             raise Unavailable(
                 f"{verb} {what}: cannot reach the API server: {exc}",
                 verb=verb,
                 resource=resource,
                 group=group,
             ) from exc
-        if not 200 <= status < 300:
+        if not 200 <= response.status < 300:
+            try:
+                raw = response.data if not stream else response.read()
+            except (urllib3.exceptions.HTTPError, OSError):
+                raw = b""
+            finally:
+                if stream:
+                    response.release_conn()
             raise _error_from_response(
-                status, raw, verb=verb, resource=resource, group=group, what=what
+                response.status, raw, verb=verb, resource=resource, group=group, what=what
             )
         return response
 
@@ -618,9 +597,10 @@ class Kube:
             # Bookmarks come about once a minute, so a read that waits much longer than the
             # server-side timeout means the connection is gone.
             timeout=(self._timeout[0], timeout_seconds + WATCH_GRACE),
+            stream=True,
         )
         return WatchStream(
-            response.response,  # urllib3's, streaming: the client never preloads the body
+            response,
             resource_version or "",
             what=what,
             resource=info.plural,

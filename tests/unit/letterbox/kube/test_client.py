@@ -1,4 +1,4 @@
-"""`Kube` against a scripted fake of the ApiClient: the request shapes and the retry, skip and
+"""`Kube` against a scripted fake of its HTTP transport: the request shapes and the retry, skip and
 race handling that a real server only shows under contention (the e2e tests cover the rest)."""
 
 from __future__ import annotations
@@ -61,8 +61,15 @@ class FakeResponse:
     status: int
     payload: Any
 
-    def read(self) -> bytes:
+    @property
+    def data(self) -> bytes:
         return b"" if self.payload is None else json.dumps(self.payload).encode()
+
+    def read(self) -> bytes:
+        return self.data
+
+    def release_conn(self) -> None:
+        pass
 
 
 Handler = Callable[[Request], tuple[int, Any]]
@@ -79,22 +86,21 @@ class FakeApi:
     handler: Handler
     requests: list[Request] = field(default_factory=list)
 
-    def param_serialize(
+    def request(
         self,
         method: str,
-        resource_path: str,
-        header_params: dict[str, str],
-        body: Any,
-        auth_settings: list[str],
-    ) -> tuple[Any, ...]:
-        return method, "https://api" + resource_path, header_params, body, None
-
-    def call_api(self, *request: Any, _request_timeout: Any = None) -> FakeResponse:
-        method, url, headers, body, _ = request
-        path, _, query = url.removeprefix("https://api").partition("?")
+        path: str,
+        *,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: tuple[float, float],
+        stream: bool = False,
+    ) -> FakeResponse:
+        path, _, query = path.partition("?")
         if path in DISCOVERY:
             return FakeResponse(200, DISCOVERY[path])
-        seen = Request(method, path, parse_qs(query), headers["Content-Type"], body)
+        payload = None if body is None else json.loads(body)
+        seen = Request(method, path, parse_qs(query), headers["Content-Type"], payload)
         self.requests.append(seen)
         return FakeResponse(*self.handler(seen))
 
