@@ -4,7 +4,10 @@ objects that have the same one."""
 from __future__ import annotations
 
 import copy
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, get_args
+
+from pydantic import BaseModel
 
 from letterbox.reconcile import snapshot
 from letterbox.reconcile.snapshot import Kind, observe, observe_again, secret_view
@@ -132,3 +135,47 @@ def test_a_secret_value_is_decoded_once() -> None:
     assert first == b"secret" and view.value("alice") is first
     assert view.text("alice") == "secret"
     assert view.value("bob") is None and view.text("bob") is None
+
+
+def test_models_share_their_fields_set_sets_safely() -> None:
+    first = observe(Kind.MAILBOX, listed(mailbox("ivan", "ivan@example.com"), READY))
+    second = observe(Kind.MAILBOX, listed(mailbox("judy", "judy@example.com"), READY))
+    assert first.model is not None and second.model is not None
+    for a, b in ((first.model, second.model), (first.model.spec, second.model.spec)):
+        assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__
+    shared = set(first.model.spec.__pydantic_fields_set__)
+    # A copy with an update gets a set of its own; the shared one is left as it was.
+    copied = first.model.spec.model_copy(update={"display_name": "Ivan"})
+    assert "display_name" in copied.model_fields_set
+    assert second.model.spec.__pydantic_fields_set__ == shared
+    # The echo of a status write (a model_copy) shares again.
+    echo = listed(mailbox("ivan", "ivan@example.com"), {**READY, "quotaBytes": 5})
+    echo["metadata"]["resourceVersion"] = "8"
+    again = observe_again(first, echo)
+    assert again.model is not None and again.model.status.quota_bytes == 5
+    third = observe(
+        Kind.MAILBOX, listed(mailbox("kim", "kim@example.com"), {**READY, "quotaBytes": 5})
+    )
+    assert third.model is not None
+    assert again.model.__pydantic_fields_set__ is third.model.__pydantic_fields_set__
+
+
+def test_sharing_relies_on_every_api_model_being_frozen() -> None:
+    seen: set[type[BaseModel]] = set()
+
+    def models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield annotation
+        for argument in get_args(annotation):
+            yield from models_in(argument)
+
+    pending: list[type[BaseModel]] = list(snapshot.MODELS.values())
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        assert model.model_config.get("frozen"), f"{model.__name__} is not frozen"
+        for info in model.model_fields.values():
+            pending.extend(models_in(info.annotation))
+    assert len(seen) > 10
