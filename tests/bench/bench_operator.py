@@ -56,14 +56,8 @@ from argon2 import PasswordHasher
 from letterbox.kube import Kube
 from letterbox.material import hash_password
 from tests.conftest import REPO
-from tests.e2e.test_operator_pod import (
-    TemplatePod,
-    grant_operator,
-    imap_login,
-    operator_settings,
-    tls_secret,
-    wait_for,
-)
+from tests.e2e.operator_harness import grant_operator, wait_for
+from tests.e2e.test_operator_pod import TemplatePod, imap_login, operator_settings, tls_secret
 from tests.harness.controlplane import ControlPlane
 
 NAMESPACE = "bench"

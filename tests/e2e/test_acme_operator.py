@@ -19,10 +19,15 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from letterbox.kube import Kube, NotFound
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.e2e.test_operator import APPLY, RECONCILE_RULES
-from tests.e2e.test_operator_pod import operator_in_process, operator_settings, wait_for
-from tests.harness.controlplane import ControlPlane, free_port, service_account_kubeconfig
+from tests.e2e.operator_harness import (
+    RECONCILE_RULES,
+    grant_operator,
+    operator_in_process,
+    wait_for,
+)
+from tests.e2e.test_operator import APPLY
+from tests.e2e.test_operator_pod import operator_settings
+from tests.harness.controlplane import ControlPlane, free_port
 from tests.harness.pebble import Pebble
 from tests.harness.powerdns import PowerDns
 
@@ -63,14 +68,9 @@ def operator(
 ) -> Iterator[Kube]:
     powerdns.create_zone(ZONE, [(f"mail.{ZONE}", "A", 300, ["127.0.0.1"])])
     admin = Kube.connect(crds.kubeconfig)
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    admin.apply(role(NAMESPACE, RULES))
-    admin.apply(role_binding(NAMESPACE))
-    kubeconfig = service_account_kubeconfig(
-        crds, NAMESPACE, "letterbox", tmp_path_factory.mktemp("acme-operator") / "kubeconfig"
+    kubeconfig = grant_operator(
+        crds, admin, NAMESPACE, tmp_path_factory.mktemp("acme-operator") / "kubeconfig", RULES
     )
-    granted = [(g, r, v) for g, r, verbs in RULES for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(crds, NAMESPACE, g, r, v) for g, r, v in granted), 20)
     settings = operator_settings(
         NAMESPACE,
         acme={

@@ -23,16 +23,18 @@ import trustme
 from cryptography import x509
 
 from letterbox.kube import Kube, NotFound
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.e2e.test_operator import RECONCILE_RULES
-from tests.e2e.test_operator_pod import (
-    TemplatePod,
+from tests.e2e.operator_harness import (
+    RECONCILE_RULES,
+    grant_operator,
     operator_in_process,
-    operator_settings,
-    tls_secret,
     wait_for,
 )
-from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
+from tests.e2e.test_operator_pod import (
+    TemplatePod,
+    operator_settings,
+    tls_secret,
+)
+from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -77,14 +79,9 @@ def cluster(
 ) -> Iterator[Kube]:
     plane = certificate_crd
     admin = Kube.connect(plane.kubeconfig)
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    admin.apply(role(NAMESPACE, RULES))
-    admin.apply(role_binding(NAMESPACE))
-    kubeconfig = service_account_kubeconfig(
-        plane, NAMESPACE, "letterbox", tmp_path_factory.mktemp("operator") / "kubeconfig"
+    kubeconfig = grant_operator(
+        plane, admin, NAMESPACE, tmp_path_factory.mktemp("operator") / "kubeconfig", RULES
     )
-    granted = [(g, r, v) for g, r, verbs in RULES for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(plane, NAMESPACE, g, r, v) for g, r, v in granted), 20)
     with operator_in_process(kubeconfig, operator_settings(NAMESPACE)):
         try:
             yield admin

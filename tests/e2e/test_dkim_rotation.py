@@ -23,7 +23,6 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -35,21 +34,22 @@ import pytest
 import trustme
 
 from letterbox.api.settings import OperatorSettings
-from letterbox.dns.publish import DnsPublisher
-from letterbox.handlers.operator import OperatorRuntime, run_operator
-from letterbox.kube import AsyncKube, Kube, NotFound
-from letterbox.reconcile.publishing import publish_and_sweep
+from letterbox.kube import Kube, NotFound
 from mailpod.dkim import DkimStatus, parse_tags, verify
+from tests.e2e.operator_harness import (
+    grant_operator,
+    operator_in_process,
+    publisher_asking,
+    wait_for,
+)
 from tests.e2e.test_operator_pod import (
     TemplatePod,
     _decoded,
-    grant_operator,
     imap_login,
     operator_settings,
     secret_text,
     submit,
     tls_secret,
-    wait_for,
 )
 from tests.harness.controlplane import ControlPlane
 from tests.harness.powerdns import PowerDns
@@ -87,34 +87,15 @@ def dkim_record(pdns: PowerDns, selector: str) -> str | None:
 # --- the cluster side ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def operator(kubeconfig: Path, settings: OperatorSettings, pdns: PowerDns) -> Iterator[None]:
-    kube = Kube.connect(kubeconfig, field_manager=settings.kopf.field_manager)
-    publisher = DnsPublisher(
-        publish_fn=publish_and_sweep, authoritative=lambda zone: [pdns.nameserver]
+def operator(
+    kubeconfig: Path, settings: OperatorSettings, pdns: PowerDns
+) -> contextlib.AbstractContextManager[None]:
+    return operator_in_process(
+        kubeconfig,
+        settings,
+        dns=publisher_asking(pdns.nameserver),
+        dkim_mount_seconds=MOUNT_SECONDS,
     )
-    runtime = OperatorRuntime(
-        AsyncKube(kube), settings, dns=publisher, dkim_mount_seconds=MOUNT_SECONDS
-    )
-    stop, started = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=asyncio.run,
-        args=(
-            run_operator(
-                runtime.kube, settings, stop_flag=stop, ready_flag=started, runtime=runtime
-            ),
-        ),
-        name="operator",
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the operator did not start"
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-        kube.close()
 
 
 def get(admin: Kube, kind: str, name: str) -> dict[str, Any]:

@@ -13,9 +13,7 @@ it through its ownerReference. A switch made while no operator runs is seen by t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +23,16 @@ import pytest
 
 from letterbox.api.dnsrecord import DnsRecord, RecordType, txt_strings
 from letterbox.api.maildomain import MailDomainSpec
-from letterbox.dns.publish import DnsPublisher
-from letterbox.handlers.operator import OperatorRuntime, run_operator
-from letterbox.kube import AsyncKube, Kube, NotFound
-from letterbox.reconcile.publishing import publish_and_sweep
+from letterbox.kube import Kube, NotFound
 from letterbox.render.dnsrecords import domain_records
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.e2e.test_operator_pod import operator_settings, wait_for
-from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
+from tests.e2e.operator_harness import (
+    grant_operator,
+    operator_in_process,
+    publisher_asking,
+    wait_for,
+)
+from tests.e2e.test_operator_pod import operator_settings
+from tests.harness.controlplane import ControlPlane
 from tests.harness.helm import RuleTriple, operator_role, role_triples, template
 from tests.harness.powerdns import PowerDns
 
@@ -73,44 +73,20 @@ def grant(
     rules: tuple[RuleTriple, ...] = RULES,
 ) -> Path:
     """The namespace, the chart's Role bound to the operator's account, its kubeconfig."""
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    admin.apply(role(namespace, rules))
-    admin.apply(role_binding(namespace))
-    kubeconfig = service_account_kubeconfig(plane, namespace, "letterbox", path)
-    granted = [(g, r, v) for g, r, verbs in rules for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(plane, namespace, g, r, v) for g, r, v in granted), 20)
-    return kubeconfig
+    return grant_operator(plane, admin, namespace, path, rules)
 
 
-@contextlib.contextmanager
-def operator(kubeconfig: Path, pdns: PowerDns, namespace: str = NAMESPACE) -> Iterator[None]:
-    settings = operator_settings(namespace)
-    kube = Kube.connect(kubeconfig, field_manager=settings.kopf.field_manager)
+def operator(
+    kubeconfig: Path, pdns: PowerDns, namespace: str = NAMESPACE
+) -> contextlib.AbstractContextManager[None]:
     # Key checks ask the PowerDNS the test publishes into as external-dns would (the zone's
     # NS names nothing resolvable here).
-    publisher = DnsPublisher(
-        publish_fn=publish_and_sweep, authoritative=lambda zone: [pdns.nameserver]
+    return operator_in_process(
+        kubeconfig,
+        operator_settings(namespace),
+        dns=publisher_asking(pdns.nameserver),
+        dkim_mount_seconds=0.5,
     )
-    runtime = OperatorRuntime(AsyncKube(kube), settings, dns=publisher, dkim_mount_seconds=0.5)
-    stop, started = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=asyncio.run,
-        args=(
-            run_operator(
-                runtime.kube, settings, stop_flag=stop, ready_flag=started, runtime=runtime
-            ),
-        ),
-        name="operator",
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the operator did not start"
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-        kube.close()
 
 
 # --- what the test expects, computed here -----------------------------------------------------

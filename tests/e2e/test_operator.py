@@ -4,13 +4,11 @@ examples/, and what a user then sees (objects, conditions, events, password chan
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,33 +16,26 @@ from typing import Any
 import pytest
 
 from letterbox.api.settings import OperatorSettings
-from letterbox.handlers.operator import run_operator
-from letterbox.kube import AsyncKube, Kube, NotFound
+from letterbox.kube import Kube, NotFound
 from letterbox.material import password_matches
 from letterbox.render.workload import RESTART_CHECKSUM_ANNOTATION
 from tests.conftest import EXAMPLES
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
-from tests.harness.helm import operator_rules
+from tests.e2e.operator_harness import (
+    RECONCILE_RULES,
+    grant_operator,
+    operator_in_process,
+    wait_for,
+)
+from tests.e2e.test_kube_rbac import role
+from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
 # The operator's namespace Role, read from the Helm chart (charts/letterbox/templates/rbac.yaml
 # is the single source of truth; tests/e2e/test_chart.py proves every rule is needed, and
 # tests/e2e/test_kube_rbac.py covers the kube/ calls one by one).
-RECONCILE_RULES = operator_rules()
 APPLY = ("create", "patch")  # server-side apply: patch, and create when the object is missing
 NAMESPACE = "mail"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def ready(obj: dict[str, Any]) -> tuple[str, str] | None:
@@ -64,30 +55,11 @@ def running_operator(
     """The operator running in-process for `namespace` as a ServiceAccount bound to `rules`;
     yields an admin client."""
     admin = Kube.connect(crds.kubeconfig)
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    admin.apply(role(namespace, rules))
-    admin.apply(role_binding(namespace))
-    kubeconfig = service_account_kubeconfig(crds, namespace, "letterbox", directory / "kubeconfig")
-    granted = [(g, r, v) for g, r, verbs in rules for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(crds, namespace, g, r, v) for g, r, v in granted))
-
-    kube = Kube.connect(kubeconfig)
-    stop, started = threading.Event(), threading.Event()
-    settings = OperatorSettings(namespace=namespace)
-    thread = threading.Thread(
-        target=asyncio.run,
-        args=(run_operator(AsyncKube(kube), settings, stop_flag=stop, ready_flag=started),),
-        name="operator",
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the operator did not start"
+    kubeconfig = grant_operator(crds, admin, namespace, directory / "kubeconfig", rules)
     try:
-        yield admin
+        with operator_in_process(kubeconfig, OperatorSettings(namespace=namespace)):
+            yield admin
     finally:
-        stop.set()
-        thread.join(30)
-        kube.close()
         admin.close()
 
 

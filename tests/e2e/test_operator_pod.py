@@ -21,7 +21,6 @@ ports here), as they do in a real install.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import imaplib
@@ -33,10 +32,9 @@ import smtplib
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path, PurePosixPath
@@ -46,13 +44,11 @@ import pytest
 import trustme
 
 from letterbox.api.settings import OperatorSettings
-from letterbox.handlers.operator import run_operator
-from letterbox.kube import AsyncKube, Kube, NotFound
+from letterbox.kube import Kube, NotFound
 from letterbox.render.workload import RESTART_CHECKSUM_ANNOTATION
 from tests.conftest import EXAMPLES, REPO
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.e2e.test_operator import RECONCILE_RULES
-from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
+from tests.e2e.operator_harness import grant_operator, operator_in_process, wait_for
+from tests.harness.controlplane import ControlPlane
 from tests.integration.mailpod_harness import free_port
 
 pytestmark = pytest.mark.e2e
@@ -65,16 +61,6 @@ DEFAULT_MODE = 0o644
 TLS_NAMES = ("mail.example.com", "localhost", "127.0.0.1")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, log: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log}"
-        time.sleep(0.05)
-
-
 # --- the operator ---------------------------------------------------------------------------
 
 
@@ -82,38 +68,6 @@ def operator_settings(namespace: str, **overrides: Any) -> OperatorSettings:
     """Defaults, except free container ports: the local pod binds them on this machine."""
     ports = {kind: free_port() for kind in POD_PORTS}
     return OperatorSettings.model_validate({"namespace": namespace, "ports": ports, **overrides})
-
-
-def grant_operator(plane: ControlPlane, admin: Kube, namespace: str, path: Path) -> Path:
-    """The namespace, the operator's Role (`RECONCILE_RULES`) and a kubeconfig for its
-    ServiceAccount, once RBAC answers for every rule."""
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    admin.apply(role(namespace, RECONCILE_RULES))
-    admin.apply(role_binding(namespace))
-    kubeconfig = service_account_kubeconfig(plane, namespace, "letterbox", path)
-    granted = [(g, r, v) for g, r, verbs in RECONCILE_RULES for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(plane, namespace, g, r, v) for g, r, v in granted), 20)
-    return kubeconfig
-
-
-@contextlib.contextmanager
-def operator_in_process(kubeconfig: Path, settings: OperatorSettings) -> Iterator[None]:
-    kube = Kube.connect(kubeconfig, field_manager=settings.kopf.field_manager)
-    stop, started = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=asyncio.run,
-        args=(run_operator(AsyncKube(kube), settings, stop_flag=stop, ready_flag=started),),
-        name="operator",
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the operator did not start"
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)
-        kube.close()
 
 
 # --- the mail pod, started from the StatefulSet's pod template -------------------------------

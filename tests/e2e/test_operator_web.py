@@ -4,8 +4,6 @@ shows in the MailDomain's records, and the Ingress names every host."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +11,15 @@ import httpx
 import pytest
 
 from letterbox.api.settings import load_settings
-from letterbox.handlers.operator import run_operator
-from letterbox.kube import AsyncKube, Kube
-from tests.e2e.test_kube_rbac import allowed, role, role_binding
-from tests.e2e.test_operator import APPLY, RECONCILE_RULES, wait_for
-from tests.harness.controlplane import ControlPlane, free_port, service_account_kubeconfig
+from letterbox.kube import Kube
+from tests.e2e.operator_harness import (
+    RECONCILE_RULES,
+    grant_operator,
+    operator_in_process,
+    wait_for,
+)
+from tests.e2e.test_operator import APPLY
+from tests.harness.controlplane import ControlPlane, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -41,37 +43,18 @@ def web_operator(
     crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Kube, int]]:
     admin = Kube.connect(crds.kubeconfig)
-    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-    admin.apply(role(NAMESPACE, RULES))
-    admin.apply(role_binding(NAMESPACE))
-    kubeconfig = service_account_kubeconfig(
-        crds, NAMESPACE, "letterbox", tmp_path_factory.mktemp("web-operator") / "kubeconfig"
-    )
-    granted = [(g, r, v) for g, r, verbs in RULES for v in verbs]
-    wait_for("RBAC", lambda: all(allowed(crds, NAMESPACE, g, r, v) for g, r, v in granted))
-
+    directory = tmp_path_factory.mktemp("web-operator")
+    kubeconfig = grant_operator(crds, admin, NAMESPACE, directory / "kubeconfig", RULES)
     port = free_port()
     settings = load_settings(
         f"namespace: {NAMESPACE}\n"
         f"web: {{enabled: true, bindAddress: 127.0.0.1, port: {port},"
         " ingress: {tlsSecretName: web-tls}}\n"
     )
-    kube = Kube.connect(kubeconfig)
-    stop, started = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=asyncio.run,
-        args=(run_operator(AsyncKube(kube), settings, stop_flag=stop, ready_flag=started),),
-        name="web-operator",
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the operator did not start"
     try:
-        yield admin, port
+        with operator_in_process(kubeconfig, settings):
+            yield admin, port
     finally:
-        stop.set()
-        thread.join(30)
-        kube.close()
         admin.close()
 
 
