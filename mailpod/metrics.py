@@ -46,10 +46,15 @@ __all__ = [
     "DELIVERY_SECONDS",
     "MESSAGES",
     "MULTIPROC_ENV",
+    "QUEUE_ATTEMPTS",
+    "QUEUE_DSNS",
+    "QUEUE_MESSAGES",
+    "QUEUE_OLDEST",
     "RECEIVED_BYTES",
     "RECIPIENTS",
     "REGISTRY",
     "TLS_NOT_AFTER",
+    "AttemptResult",
     "ReloadResult",
     "Result",
     "init_listener",
@@ -72,6 +77,15 @@ class Result(StrEnum):
 class ReloadResult(StrEnum):
     OK = "ok"
     ERROR = "error"
+
+
+class AttemptResult(StrEnum):
+    """One recipient's outcome of an outbound delivery attempt."""
+
+    DELIVERED = "delivered"  # 2xx
+    DEFERRED = "deferred"  # 4xx or no connection: retried later
+    FAILED = "failed"  # 5xx: bounced
+    EXPIRED = "expired"  # still 4xx when the queue lifetime ran out: bounced
 
 
 REGISTRY = CollectorRegistry()
@@ -138,6 +152,31 @@ CONFIG_GENERATION = Gauge(
 CONFIG_LAST_RELOAD = Gauge(
     "mailpod_config_last_reload_timestamp_seconds",
     "Unix time of the last successful configuration load.",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
+QUEUE_ATTEMPTS = Counter(
+    "mailpod_queue_delivery_attempts",
+    "Outbound delivery attempts per recipient, by result (delivered, deferred, failed, expired).",
+    ["result"],
+    registry=REGISTRY,
+)
+QUEUE_DSNS = Counter(
+    "mailpod_queue_dsns",
+    "Delivery status notifications (bounces, NOTIFY=SUCCESS notices) sent to local senders.",
+    registry=REGISTRY,
+)
+# The queue's own gauges are set only by the worker running the queue (the others hold 0).
+QUEUE_MESSAGES = Gauge(
+    "mailpod_queue_messages",
+    "Messages in the outbound queue: some recipient not yet delivered or bounced.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+QUEUE_OLDEST = Gauge(
+    "mailpod_queue_oldest_message_timestamp_seconds",
+    "Unix time the oldest message in the outbound queue was accepted; 0 when it is empty. "
+    "Alert on time() - this when it is non-zero: mail stuck for hours.",
     registry=REGISTRY,
     multiprocess_mode="livemax",
 )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from mailpod.config import OutboundConfig
+from mailpod.metrics import QUEUE_ATTEMPTS, QUEUE_DSNS, QUEUE_MESSAGES, QUEUE_OLDEST, AttemptResult
 from mailpod.outbound.deliver import ConnectFailed, Route, route_for
 from mailpod.outbound.smtp import Reply, SmtpClient, SmtpClientError, xtext
 from mailpod.queue.dsn import build_dsn
@@ -125,9 +126,12 @@ class QueueRunner:
         await self._io(self.store.recover)
         await self._io(lambda: self.store.take_markers(self.store.new))
         await self._load(await self._io(self.store.ids))
+        for result in AttemptResult:  # every series from the first scrape, for rate()
+            QUEUE_ATTEMPTS.labels(result=result)
         last_scan = self.clock()
         try:
             while not stop.is_set():
+                self._measure()
                 self._scanning = True
                 new = await self._io(lambda: self.store.take_markers(self.store.new))
                 if self.clock() - last_scan > RESCAN_SECONDS:
@@ -149,6 +153,14 @@ class QueueRunner:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            QUEUE_MESSAGES.set(0)  # another worker takes the queue over and reports it
+            QUEUE_OLDEST.set(0)
+
+    def _measure(self) -> None:
+        """The queue gauges, once per scheduling round (at least every IDLE_POLL_SECONDS):
+        cheap enough for a queue of thousands, and fresher than any scrape interval."""
+        QUEUE_MESSAGES.set(len(self.messages))
+        QUEUE_OLDEST.set(min((m.created for m in self.messages.values()), default=0))
 
     async def drain(self, seconds: float) -> bool:
         """Wait until nothing is due or in flight (tests and benchmarks)."""
@@ -355,10 +367,12 @@ class QueueRunner:
                 recipient.status = RcptStatus.DELIVERED
                 self.delivered += 1
                 durable = True
+                QUEUE_ATTEMPTS.labels(result=AttemptResult.DELIVERED).inc()
             elif 500 <= code < 600:
                 recipient.status = RcptStatus.FAILED
                 self.failed += 1
                 durable = True
+                QUEUE_ATTEMPTS.labels(result=AttemptResult.FAILED).inc()
             else:
                 recipient.attempts += 1
                 expires = message.created + config.lifetime_seconds
@@ -367,7 +381,9 @@ class QueueRunner:
                     recipient.reply = f"{code} 4.4.7 delivery time expired; last reply: {text}"
                     self.failed += 1
                     durable = True
+                    QUEUE_ATTEMPTS.labels(result=AttemptResult.EXPIRED).inc()
                 else:
+                    QUEUE_ATTEMPTS.labels(result=AttemptResult.DEFERRED).inc()
                     recipient.status = RcptStatus.DEFERRED
                     delay = min(
                         config.retry_initial_seconds * 2 ** (recipient.attempts - 1),
@@ -434,6 +450,7 @@ class QueueRunner:
                 original = await self._io(lambda: self.store.body(message.id))
                 dsn = build_dsn(message, original, notices, self.hostname)
                 await self.local_deliver(message.bounce_to, dsn)
+                QUEUE_DSNS.inc()
                 log.info(
                     "dsn sent",
                     extra={"queue_id": message.id, "recipient": message.bounce_to},

@@ -24,6 +24,7 @@ import pytest
 
 from mailpod.config import OutboundConfig, ResolverConfig
 from mailpod.dns import CachingResolver
+from mailpod.metrics import REGISTRY, AttemptResult
 from mailpod.outbound.deliver import Connector, Route
 from mailpod.outbound.smtp import SmtpClient
 from mailpod.queue.scheduler import QueueRunner
@@ -324,6 +325,35 @@ async def test_a_permanent_rejection_bounces_to_the_local_sender_with_the_header
     assert "Diagnostic-Code: smtp; 550 5.1.1 No such user" in text
     assert "Status: 5.1.1" in text
     assert "Subject: doomed" in dsn.decode()  # the original headers come back
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_each_outcome_and_show_what_waits(
+    harness: Harness, sinks: dict[str, SmtpSink]
+) -> None:
+    attempts = "mailpod_queue_delivery_attempts_total"
+    before = {result: _sample(attempts, result=result) for result in AttemptResult}
+    dsns = _sample("mailpod_queue_dsns_total")
+    start_sink(sinks, OK)
+    start_sink(sinks, SOFT, "-r", "rcpt")  # 450: stays queued
+    start_sink(sinks, HARD, "-f", "rcpt", "-B", "550 5.1.1 No such user")
+    harness.enqueue([f"a@{OK}", f"b@{OK}"])
+    harness.enqueue([f"gone@{HARD}"])
+    waiting = harness.enqueue([f"x@{SOFT}"])
+    await settle(harness)
+    counted = {result: _sample(attempts, result=result) - before[result] for result in before}
+    assert counted == {"delivered": 2, "deferred": 1, "failed": 1, "expired": 0}
+    assert _sample("mailpod_queue_dsns_total") == dsns + 1  # the bounce to alice
+    # The gauges follow within a scheduling round.
+    harness.runner.wake()
+    await asyncio.sleep(0.2)
+    queued = harness.store.load(waiting)
+    assert queued is not None
+    assert _sample("mailpod_queue_messages") == 1
+    assert _sample("mailpod_queue_oldest_message_timestamp_seconds") == queued.created
 
 
 async def test_no_bounce_for_an_external_sender_and_none_when_notify_never(
