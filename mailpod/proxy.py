@@ -216,3 +216,22 @@ async def client_address(
     if info is None:
         return peer
     return info.source_ip, info.source_port
+
+
+def feed_buffered(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand `data` to `protocol` (an SSL protocol, which asyncio runs as a BufferedProtocol) as
+    if it had just arrived from the socket.
+
+    A load balancer sends the PROXY header and the client's first TLS bytes back to back; when
+    both arrive in one read, the ClientHello sits in the stream reader's buffer, which no TLS
+    layer started afterwards ever sees, and the handshake would stall."""
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        protocol.data_received(data)  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]

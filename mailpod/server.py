@@ -220,12 +220,14 @@ def _smtp_factory(runtime: PodRuntime, listener: Listener) -> Callable[[], objec
     def make() -> object:
         config = runtime.snapshot().config
         tls = runtime.state.tls
+        implicit = listener.kind is ListenerKind.SUBMISSIONS
         return MailSMTP(
             handler,
+            tls_after_proxy=tls if implicit and listener.proxy_protocol else None,
             hostname=config.hostname,
             ident="ESMTP mailpod",
             # 465 is TLS from the first byte; STARTTLS is offered on 25 and required on 587.
-            tls_context=tls if listener.kind is not ListenerKind.SUBMISSIONS else None,
+            tls_context=tls if not implicit else None,
             require_starttls=listener.kind is ListenerKind.SUBMISSION,
             auth_require_tls=listener.kind is not ListenerKind.SUBMISSIONS,
             data_size_limit=config.limits.max_message_bytes,
@@ -261,7 +263,10 @@ async def serve(
     servers: list[asyncio.Server] = []
     for listener, sock in zip(config.listeners, sockets, strict=True):
         if listener.kind in SMTP_KINDS:
-            ssl_context = state.tls if listener.kind is ListenerKind.SUBMISSIONS else None
+            # Behind a PROXY-protocol load balancer the header comes before the TLS handshake:
+            # the session starts TLS itself after reading it (MailSMTP.tls_after_proxy).
+            tls_first = listener.kind is ListenerKind.SUBMISSIONS and not listener.proxy_protocol
+            ssl_context = state.tls if tls_first else None
             servers.append(
                 await loop.create_server(
                     _smtp_factory(runtime, listener),  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ from mailpod.imap.search import (
 )
 from mailpod.imap.selected import BadSequence, SelectedView
 from mailpod.imap.utf7 import decode_mutf7, encode_mutf7
-from mailpod.proxy import ProxyProtocolError, client_address
+from mailpod.proxy import ProxyProtocolError, client_address, feed_buffered
 from mailpod.state import Snapshot
 
 __all__ = ["ImapConnection", "ImapError", "ImapRuntime", "ImapServer"]
@@ -1267,15 +1267,5 @@ async def _start_tls_keeping_buffered(
         # once it has run that far, queue the buffered bytes right behind it.
         await asyncio.sleep(0)
 
-        def feed() -> None:
-            protocol = raw.get_protocol()
-            view = memoryview(leftover)
-            while view:
-                buffer = protocol.get_buffer(len(view))  # type: ignore[attr-defined]
-                size = min(len(buffer), len(view))
-                buffer[:size] = view[:size]
-                protocol.buffer_updated(size)  # type: ignore[attr-defined]
-                view = view[size:]
-
-        asyncio.get_running_loop().call_soon(feed)
+        asyncio.get_running_loop().call_soon(feed_buffered, raw.get_protocol(), leftover)
     await starting

@@ -17,7 +17,9 @@ import functools
 import inspect
 import logging
 import secrets
+import ssl
 import time
+from asyncio import sslproto
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from mailpod.config import ListenerKind
 from mailpod.errors import SmtpError, internal_error
 from mailpod.pipeline import Envelope as PipelineEnvelope
 from mailpod.pipeline import LocalRecipient, Message
+from mailpod.proxy import feed_buffered
 from mailpod.queue.store import Notify, RemoteRecipient
 from mailpod.smtp.addresses import check_recipient_syntax, parse_path
 from mailpod.smtp.data import read_data
@@ -68,6 +71,8 @@ class MailSession(Session):
         self.id = secrets.token_hex(6)
 
 
+TLS_HANDSHAKE_SECONDS = 30.0
+
 # Open connections per client address in this worker process.
 _OPEN_BY_IP: Counter[str] = Counter()
 
@@ -75,12 +80,53 @@ _OPEN_BY_IP: Counter[str] = Counter()
 class MailSMTP(SMTP):
     """aiosmtpd's protocol with our envelope and session types, counting connections."""
 
-    def __init__(self, handler: SmtpHandler, **settings: Any) -> None:
+    def __init__(
+        self,
+        handler: SmtpHandler,
+        *,
+        tls_after_proxy: ssl.SSLContext | None = None,
+        **settings: Any,
+    ) -> None:
         super().__init__(handler, **settings)
         self.event_handler: SmtpHandler = handler
         self.listener = handler.kind.value
+        self.tls_after_proxy = tls_after_proxy
+        """Implicit TLS (465) behind a PROXY-protocol load balancer: the header comes in clear
+        before the handshake, so the listener is served without `ssl=` and TLS starts here."""
         self._counted = False
         self._peer_ip = ""
+
+    async def start_tls_after_proxy(self) -> bool:
+        """The TLS handshake of an implicit-TLS session, after its PROXY header; False if it
+        failed. The same swap of protocols aiosmtpd's STARTTLS makes, without the 220, plus
+        the bytes already read past the header, and the session (with the client address the
+        header gave) kept: aiosmtpd starts a new one as STARTTLS requires."""
+        context, session = self.tls_after_proxy, self.session
+        assert context is not None
+        assert self.transport is not None
+        assert session is not None
+        leftover = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        if leftover:
+            feed_buffered(self._tls_protocol, leftover)
+        try:
+            await asyncio.wait_for(waiter, TLS_HANDSHAKE_SECONDS)
+        except (ssl.SSLError, ConnectionError, TimeoutError) as error:
+            log.info("tls handshake failed after PROXY from %s: %s", self._peer_ip, error)
+            return False
+        upgraded = self.session
+        assert isinstance(upgraded, MailSession)
+        assert isinstance(session, MailSession)
+        upgraded.id, upgraded.proxy_data = session.id, session.proxy_data
+        return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:  # called again after STARTTLS
@@ -288,6 +334,8 @@ class SmtpHandler:
             if refusal is not None:
                 self._log_reject(session, "PROXY", "", refusal)
                 return False
+        if isinstance(server, MailSMTP) and server.tls_after_proxy is not None:
+            return await server.start_tls_after_proxy()
         return True
 
     async def handle_EHLO(

@@ -4,17 +4,20 @@ connection limits, against a real mailpod process."""
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.mailpod_harness import MailpodProcess
+from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess
 
 pytestmark = pytest.mark.integration
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+ALICE = "alice@example.com"
 
 
 def _proxy_v2(source: str, source_port: int) -> bytes:
@@ -100,5 +103,91 @@ def test_connection_limit_per_address(tmp_path: Path) -> None:
             assert again.recv(100).startswith(b"220")
         for sock in held:
             sock.close()
+    finally:
+        pod.stop()
+
+
+def _implicit_tls_pod(tmp_path: Path) -> MailpodProcess:
+    pod = MailpodProcess(tmp_path, workers=1)
+    config = pod.config()
+    for listener in config["listeners"]:
+        if listener["kind"] == "submissions":
+            listener["proxy_protocol"] = True
+    config["trusted_proxies"] = ["127.0.0.0/8"]
+    pod.write_config(config)
+    return pod
+
+
+def test_implicit_tls_submission_behind_a_proxy_with_swaks(tmp_path: Path) -> None:
+    """465 behind a PROXY load balancer: the header comes in clear, then the TLS handshake."""
+    pod = _implicit_tls_pod(tmp_path)
+    pod.start()
+    port = str(pod.ports["submissions"])
+    try:
+        proxy = ["--proxy-version", "2", "--proxy-family", "AF_INET"]
+        proxy += ["--proxy-source", "198.51.100.23", "--proxy-source-port", "40123"]
+        proxy += ["--proxy-dest", "127.0.0.1", "--proxy-dest-port", port]
+        auth = ["--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORDS[ALICE]]
+        done = subprocess.run(
+            [
+                *("swaks", "--server", "127.0.0.1", "--port", port, "--tls-on-connect"),
+                *proxy,
+                *auth,
+                *("--from", ALICE, "--to", "bob@example.com", "--header", "Subject: via 465"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        [stored] = [m for m in pod.messages("bob@example.com") if b"Subject: via 465" in m]
+        received = stored.split(b"\r\n\r\n", 1)[0].decode()
+        assert "[198.51.100.23]" in received  # the client, not the balancer
+        assert "with ESMTPSA" in received
+    finally:
+        pod.stop()
+
+
+def test_implicit_tls_handshake_sent_with_the_proxy_header_in_one_write(tmp_path: Path) -> None:
+    pod = _implicit_tls_pod(tmp_path)
+    pod.start()
+    port = pod.ports["submissions"]
+    try:
+        for together in (True, False):
+            header = _proxy_v2("203.0.113.5", 40002)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = pod.client_context().wrap_bio(
+                incoming, outgoing, server_hostname="mail.example.com"
+            )
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                if not together:
+                    raw.sendall(header)
+                    header = b""
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        raw.sendall(header + outgoing.read())
+                        header = b""
+                        data = raw.recv(65536)
+                        assert data, "closed during the TLS handshake"
+                        incoming.write(data)
+                raw.sendall(outgoing.read())
+                greeting = b""
+                while b"\r\n" not in greeting:
+                    try:
+                        greeting += tls.read(4096)
+                    except ssl.SSLWantReadError:
+                        incoming.write(raw.recv(65536))
+                assert greeting.startswith(b"220 "), greeting
+        # A client that skips the header is not let in.
+        context = pod.client_context()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+            context.wrap_socket(raw, server_hostname="mail.example.com") as direct,
+        ):
+            direct.recv(100)
     finally:
         pod.stop()
