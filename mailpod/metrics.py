@@ -46,6 +46,7 @@ __all__ = [
     "DELIVERY_SECONDS",
     "MESSAGES",
     "MULTIPROC_ENV",
+    "OUTBOUND_TLS",
     "QUEUE_ATTEMPTS",
     "QUEUE_DSNS",
     "QUEUE_MESSAGES",
@@ -154,6 +155,14 @@ CONFIG_LAST_RELOAD = Gauge(
     "Unix time of the last successful configuration load.",
     registry=REGISTRY,
     multiprocess_mode="livemax",
+)
+OUTBOUND_TLS = Counter(
+    "mailpod_outbound_tls_sessions",
+    "Outbound connections to MX hosts by the receiving domain's policy (sts, tlsa,"
+    " no-policy-found) and TLS result in TLS-RPT's terms (success, certificate-host-mismatch,"
+    " starttls-not-supported, ...; RFC 8460).",
+    ["policy", "result"],
+    registry=REGISTRY,
 )
 QUEUE_ATTEMPTS = Counter(
     "mailpod_queue_delivery_attempts",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mailpod.config import OutboundConfig, RelayHost
 from mailpod.dns import DnsTemporaryError, Resolver
+from mailpod.metrics import OUTBOUND_TLS
 from mailpod.outbound.dane import DaneLookupFailed, DanePolicy, dane_policy
 from mailpod.outbound.mtasts import Mode, MtaStsClient, Policy
 from mailpod.outbound.mx import NoRoute, addresses, mx_hosts
@@ -117,6 +118,7 @@ class Connector:
 
     def _outcome(self, outcome: TlsOutcome) -> None:
         self.outcomes.append(outcome)
+        OUTBOUND_TLS.labels(policy=outcome.policy, result=outcome.result).inc()
         log.info(
             "tls outcome",
             extra={

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailpod.config import OutboundConfig, RelayHost, ResolverConfig
 from mailpod.dns import CachingResolver
+from mailpod.metrics import REGISTRY
 from mailpod.outbound.deliver import Connector
 from mailpod.queue.scheduler import QueueRunner
 from mailpod.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RcptStatus, new_id
@@ -248,14 +249,21 @@ def _outcomes(runner: Runner, domain: str) -> list[tuple[str, str]]:
     return [(o.policy, o.result) for o in runner.connector.outcomes if o.domain == domain]
 
 
+def _tls_sessions(policy: str, result: str) -> float:
+    labels = {"policy": policy, "result": result}
+    return REGISTRY.get_sample_value("mailpod_outbound_tls_sessions_total", labels) or 0.0
+
+
 async def test_enforce_delivers_over_verified_tls_to_a_wildcard_mx(
     mx: Runner, peers: Peers
 ) -> None:
+    before = _tls_sessions("sts", "success")
     mx.enqueue(f"a@{ENFORCE}")
     await _settle(mx)
     [received] = _delivered(peers.good, f"a@{ENFORCE}")
     assert received.tls
     assert _outcomes(mx, ENFORCE) == [("sts", "success")]
+    assert _tls_sessions("sts", "success") == before + 1  # counted for monitoring too
 
 
 async def test_enforce_with_an_mx_the_policy_does_not_list_waits(mx: Runner, peers: Peers) -> None:
@@ -277,11 +285,13 @@ async def test_enforce_with_a_wrong_certificate_waits(mx: Runner, peers: Peers) 
 
 
 async def test_enforce_without_starttls_waits(mx: Runner, peers: Peers) -> None:
+    before = _tls_sessions("sts", "starttls-not-supported")
     queue_id = mx.enqueue(f"a@{ENFORCE_PLAIN}")
     await _settle(mx)
     assert _delivered(peers.plain, f"a@{ENFORCE_PLAIN}") == []
     assert mx.status(queue_id) is RcptStatus.DEFERRED
     assert _outcomes(mx, ENFORCE_PLAIN) == [("sts", "starttls-not-supported")]
+    assert _tls_sessions("sts", "starttls-not-supported") == before + 1
 
 
 async def test_testing_mode_logs_the_failure_and_delivers(mx: Runner, peers: Peers) -> None:
