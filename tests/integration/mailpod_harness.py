@@ -25,6 +25,7 @@ from tests.conftest import REPO
 _FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 PASSWORDS = {"alice@example.com": "alice-secret-1", "bob@example.com": "bob-secret-2"}
+MAIL_HOST = "mail.example.com"
 
 
 def free_port() -> int:
@@ -47,7 +48,7 @@ class MailpodProcess:
 
     def __post_init__(self) -> None:
         self.ca = trustme.CA()
-        cert = self.ca.issue_cert("mail.example.com", "localhost", "127.0.0.1")
+        cert = self.ca.issue_cert(MAIL_HOST, "localhost", "127.0.0.1")
         self.cert_file = self.root / "tls.crt"
         self.key_file = self.root / "tls.key"
         cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
@@ -65,7 +66,7 @@ class MailpodProcess:
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "hostname": "mail.example.com",
+            "hostname": MAIL_HOST,
             "listeners": [
                 {"kind": kind, "address": "127.0.0.1", "port": port}
                 for kind, port in self.ports.items()
@@ -168,3 +169,50 @@ class MailpodProcess:
         cur = self.maildir(address) / "cur"
         files = [*(new.iterdir() if new.exists() else []), *(cur.iterdir() if cur.exists() else [])]
         return [f.read_bytes() for f in sorted(files, key=lambda f: arrival_order(f.name))]
+
+
+class TlsAfterProxy:
+    """A client of an implicit-TLS listener behind a PROXY-protocol load balancer, over memory
+    BIOs so the test decides what goes into each write: the PROXY header alone, or the header
+    and the ClientHello together (as from a busy balancer, most likely read in one go)."""
+
+    def __init__(self, raw: socket.socket, context: ssl.SSLContext, header: bytes) -> None:
+        self.raw = raw
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=MAIL_HOST)
+        self._header = header
+
+    def handshake(self, together: bool) -> None:
+        header = self._header
+        if not together:
+            self.raw.sendall(header)
+            header = b""
+        while True:
+            try:
+                self.tls.do_handshake()
+                self.raw.sendall(self.outgoing.read())  # the client's Finished
+                return
+            except ssl.SSLWantReadError:
+                self.raw.sendall(header + self.outgoing.read())
+                header = b""
+                assert self._receive(), "connection closed during the TLS handshake"
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.raw.sendall(self.outgoing.read())
+
+    def read_lines(self, count: int) -> list[bytes]:
+        """At least `count` CRLF-terminated lines (fewer if the server closes)."""
+        received = b""
+        while received.count(b"\r\n") < count:
+            try:
+                received += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                if not self._receive():
+                    break
+        return received.split(b"\r\n")
+
+    def _receive(self) -> bool:
+        data = self.raw.recv(65536)
+        self.incoming.write(data)
+        return bool(data)

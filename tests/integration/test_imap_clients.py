@@ -8,7 +8,6 @@ import json
 import re
 import smtplib
 import socket
-import ssl
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.response_parser import parse_fetch_response
 
-from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess
+from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess, TlsAfterProxy
 
 pytestmark = pytest.mark.integration
 
@@ -209,38 +208,13 @@ def test_imap_proxy_header_from_an_untrusted_peer_is_not_believed(tmp_path: Path
 
 
 def _tls_after_proxy(raw: socket.socket, pod: MailpodProcess, together: bool) -> list[bytes]:
-    """PROXY v2 header, then TLS, then LOGIN. `together`: the header and the ClientHello leave
-    in one write (and most likely arrive in one read), as from a busy load balancer."""
-    header = _proxy_v2("203.0.113.5", 40002, pod.ports["imaps"])
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = pod.client_context().wrap_bio(incoming, outgoing, server_hostname="mail.example.com")
-    if not together:
-        raw.sendall(header)
-        header = b""
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            raw.sendall(header + outgoing.read())
-            header = b""
-            data = raw.recv(65536)
-            if not data:
-                raise AssertionError("connection closed during the TLS handshake") from None
-            incoming.write(data)
-    raw.sendall(outgoing.read())
-    tls.write(f"l LOGIN {USER} {PASSWORDS[USER]}\r\n".encode())
-    raw.sendall(outgoing.read())
-    received = b""
-    while received.count(b"\r\n") < 2:
-        try:
-            received += tls.read(65536)
-        except ssl.SSLWantReadError:
-            data = raw.recv(65536)
-            if not data:
-                break
-            incoming.write(data)
-    return received.split(b"\r\n")
+    """PROXY v2 header, then TLS, then LOGIN."""
+    client = TlsAfterProxy(
+        raw, pod.client_context(), _proxy_v2("203.0.113.5", 40002, pod.ports["imaps"])
+    )
+    client.handshake(together)
+    client.send(f"l LOGIN {USER} {PASSWORDS[USER]}\r\n".encode())
+    return client.read_lines(2)
 
 
 def test_imaps_proxy_header_precedes_the_tls_handshake(tmp_path: Path) -> None:

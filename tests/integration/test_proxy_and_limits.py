@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess
+from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess, TlsAfterProxy
 
 pytestmark = pytest.mark.integration
 
@@ -154,32 +154,10 @@ def test_implicit_tls_handshake_sent_with_the_proxy_header_in_one_write(tmp_path
     port = pod.ports["submissions"]
     try:
         for together in (True, False):
-            header = _proxy_v2("203.0.113.5", 40002)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls = pod.client_context().wrap_bio(
-                incoming, outgoing, server_hostname="mail.example.com"
-            )
             with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-                if not together:
-                    raw.sendall(header)
-                    header = b""
-                while True:
-                    try:
-                        tls.do_handshake()
-                        break
-                    except ssl.SSLWantReadError:
-                        raw.sendall(header + outgoing.read())
-                        header = b""
-                        data = raw.recv(65536)
-                        assert data, "closed during the TLS handshake"
-                        incoming.write(data)
-                raw.sendall(outgoing.read())
-                greeting = b""
-                while b"\r\n" not in greeting:
-                    try:
-                        greeting += tls.read(4096)
-                    except ssl.SSLWantReadError:
-                        incoming.write(raw.recv(65536))
+                client = TlsAfterProxy(raw, pod.client_context(), _proxy_v2("203.0.113.5", 40002))
+                client.handshake(together)
+                greeting = client.read_lines(1)[0]
                 assert greeting.startswith(b"220 "), greeting
         # A client that skips the header is not let in.
         context = pod.client_context()
