@@ -434,6 +434,32 @@ def connect(settings: KubeSourceSettings) -> tuple[KubeConnection, str]:
     return connection, namespace
 
 
+async def connect_with_retry(
+    settings: KubeSourceSettings, what: str, logger: logging.Logger = log
+) -> tuple[KubeConnection, str]:
+    """`connect`, retried with back-off until it works: the pod keeps serving what it has from
+    its files meanwhile. `what` names what the caller follows, for the log."""
+    backoff = _Backoff(limit=60.0)
+    while True:
+        try:
+            return connect(settings)
+        except KubeSourceError as error:
+            delay = backoff.delay()
+            logger.error("%s from the API unavailable, retrying in %.0fs: %s", what, delay, error)
+            await asyncio.sleep(delay)
+
+
+def api_client(connection: KubeConnection) -> httpx.AsyncClient:
+    # Not from the environment: a proxy meant for the mail traffic must not carry API calls.
+    return httpx.AsyncClient(
+        base_url=connection.server,
+        verify=connection.ssl_context,
+        trust_env=False,
+        # One connection per watch (HTTP/1.1: no multiplexing without h2).
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=4),
+    )
+
+
 # --- watching ------------------------------------------------------------------------------------
 
 
@@ -597,23 +623,8 @@ class KubeConfigSource:
         self._waiting_for = ""
 
     async def run(self) -> None:
-        backoff = _Backoff(limit=60.0)
-        while True:
-            try:
-                connection, namespace = connect(self.settings)
-                break
-            except KubeSourceError as error:
-                delay = backoff.delay()
-                log.error("config from the API unavailable, retrying in %.0fs: %s", delay, error)
-                await asyncio.sleep(delay)
-        # Not from the environment: a proxy meant for the mail traffic must not carry API calls.
-        async with httpx.AsyncClient(
-            base_url=connection.server,
-            verify=connection.ssl_context,
-            trust_env=False,
-            # One connection per watch (HTTP/1.1: no multiplexing without h2).
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=4),
-        ) as client:
+        connection, namespace = await connect_with_retry(self.settings, "config")
+        async with api_client(connection) as client:
             try:
                 while True:
                     self._sync_watches(client, connection, namespace)

@@ -13,7 +13,6 @@ kubelet refreshes a mounted Secret only on its sync, up to about a minute late.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -22,19 +21,17 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 from cryptography import x509
 
 from mailpod import metrics
 from mailpod.config import ConfigError
 from mailpod.kubesource import (
-    KubeSourceError,
     KubeSourceSettings,
     Secret,
-    _Backoff,
     _SecretWatch,
     _value,
-    connect,
+    api_client,
+    connect_with_retry,
 )
 
 log = logging.getLogger("mailpod.tls")
@@ -102,17 +99,7 @@ class TlsSecretSource:
         self.on_pair(cert, key)
 
     async def run(self) -> None:
-        backoff = _Backoff(limit=60.0)
-        while True:
-            try:
-                connection, namespace = connect(self.settings)
-                break
-            except KubeSourceError as error:
-                delay = backoff.delay()
-                log.error("tls secret from the API unavailable, retry in %.0fs: %s", delay, error)
-                await asyncio.sleep(delay)
-        async with httpx.AsyncClient(
-            base_url=connection.server, verify=connection.ssl_context, trust_env=False
-        ) as client:
+        connection, namespace = await connect_with_retry(self.settings, "tls secret", log)
+        async with api_client(connection) as client:
             watch = _SecretWatch(client, connection, namespace, self.secret_name, self._report)
             await watch.run()
