@@ -36,6 +36,7 @@ log = logging.getLogger("mailpod.queue")
 _T = TypeVar("_T")
 
 IDLE_POLL_SECONDS = 1.0
+MEASURE_SECONDS = 1.0
 RESCAN_SECONDS = 30.0
 
 
@@ -109,6 +110,7 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanning = True  # between taking markers and dispatching what they named
+        self._measured = float("-inf")
         self.delivered = 0
         self.failed = 0
         self.deferred = 0
@@ -157,8 +159,12 @@ class QueueRunner:
             QUEUE_OLDEST.set(0)
 
     def _measure(self) -> None:
-        """The queue gauges, once per scheduling round (at least every IDLE_POLL_SECONDS):
-        cheap enough for a queue of thousands, and fresher than any scrape interval."""
+        """The queue gauges, at most once a second (a scheduling round can come per enqueued
+        message, and the oldest message is a pass over the queue): fresher than any scrape."""
+        now = time.monotonic()
+        if now - self._measured < MEASURE_SECONDS:
+            return
+        self._measured = now
         QUEUE_MESSAGES.set(len(self.messages))
         QUEUE_OLDEST.set(min((m.created for m in self.messages.values()), default=0))
 
