@@ -266,7 +266,7 @@ class NamespaceReconciler:
         self._pending: list[asyncio.Future[PassResult]] = []
         self._wanted = asyncio.Event()
         self._failures = 0
-        self._hash_limit = max(1, (os.cpu_count() or 1))
+        self._hash_limit = passwords.hash_concurrency(os.cpu_count())
         self.referenced_secrets: frozenset[str] = frozenset()
         self.certificates = CertificateKeeper(kube, settings, nudge=self.nudge)
         self._tls: CertificateOutcome | None = None
