@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dkim as dkimpy
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -29,6 +28,7 @@ from letterbox.render.dkim import DkimKeyMaterial, dkim_record_value
 from mailpod import dkim
 from mailpod.config import DkimAlgorithm
 from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess
+from tests.unit.mailpod.test_dkim import dkimpy_verify, fetcher
 
 pytestmark = pytest.mark.integration
 
@@ -98,28 +98,8 @@ def mailauth_verify(message: bytes, records: dict[tuple[str, str], str]) -> list
     return rows
 
 
-def dkimpy_verify(message: bytes, records: dict[tuple[str, str], str]) -> list[bool]:
-    def dns(name: bytes, timeout: int = 5) -> bytes | None:
-        selector, _, domain = name.decode().rstrip(".").partition("._domainkey.")
-        record = records.get((selector, domain))
-        return record.encode() if record else None
-
-    checker = dkimpy.DKIM(message)
-    count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
-    results = []
-    for index in range(count):
-        try:
-            results.append(bool(checker.verify(idx=index, dnsfunc=dns)))
-        except dkimpy.DKIMException:
-            results.append(False)
-    return results
-
-
 def ours_verify(message: bytes, records: dict[tuple[str, str], str]) -> list[dkim.DkimResult]:
-    async def fetch(selector: str, domain: str) -> str | None:
-        return records.get((selector, domain))
-
-    return asyncio.run(dkim.verify(message, fetch))
+    return asyncio.run(dkim.verify(message, fetcher(records)))
 
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

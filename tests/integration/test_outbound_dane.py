@@ -6,7 +6,6 @@ TLSA record alone."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shutil
 import ssl
@@ -30,10 +29,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mailpod.config import OutboundConfig, ResolverConfig
 from mailpod.dns import CachingResolver
-from mailpod.outbound.deliver import Connector
-from mailpod.queue.scheduler import QueueRunner
-from mailpod.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RcptStatus, new_id
+from mailpod.queue.store import RcptStatus
 from tests.harness.controlplane import free_port
+from tests.integration.queue_harness import Runner, running_queue
 
 pytestmark = pytest.mark.integration
 
@@ -192,40 +190,14 @@ def servers(tls_key: trustme.LeafCert) -> Iterator[tuple[Recorder, Recorder]]:
             controller.stop()
 
 
-@dataclass
-class Runner:
-    store: QueueStore
-    runner: QueueRunner
-    connector: Connector
-
-    def enqueue(self, recipient: str) -> str:
-        message = QueuedMessage(
-            new_id(), "alice@example.com", time.time(), [QueuedRecipient(recipient)]
-        )
-        self.store.enqueue(message, [b"Subject: dane\r\n\r\nhello\r\n"])
-        self.runner.wake()
-        return message.id
-
-    def outcomes(self, domain: str) -> list[tuple[str, str]]:
-        return [(o.policy, o.result) for o in self.connector.outcomes if o.domain == domain]
-
-
 @pytest.fixture
 async def runner(dnssec: DnssecDns, tmp_path: Path) -> AsyncIterator[Runner]:
     config = OutboundConfig(
         smtp_port=MX_PORT, connect_timeout_seconds=3.0, command_timeout_seconds=5.0
     )
     resolver = CachingResolver(ResolverConfig(nameservers=(f"127.0.0.1:{dnssec.resolver_port}",)))
-    connector = Connector(config, resolver, "mail.example.com")
-    store = QueueStore(tmp_path / "queue")
-    queue = QueueRunner(store, connector, lambda: config, hostname="mail.example.com")
-    stop = asyncio.Event()
-    task = asyncio.create_task(queue.run(stop))
-    try:
-        yield Runner(store, queue, connector)
-    finally:
-        stop.set()
-        await task
+    async with running_queue(config, resolver, tmp_path / "queue") as queue:
+        yield queue
 
 
 def _got(recorder: Recorder, rcpt: str) -> list[bool]:

@@ -5,12 +5,11 @@ the _mta-sts TXT records, and an aiosmtpd relay requiring STARTTLS and AUTH."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import http.server
 import ssl
 import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from mailpod.config import OutboundConfig, RelayHost, ResolverConfig
 from mailpod.dns import CachingResolver
 from mailpod.metrics import REGISTRY
-from mailpod.outbound.deliver import Connector
-from mailpod.queue.scheduler import QueueRunner
-from mailpod.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RcptStatus, new_id
+from mailpod.queue.store import RcptStatus
 from tests.harness.controlplane import free_port
 from tests.harness.powerdns import PowerDns
+from tests.integration.queue_harness import Runner, running_queue
 
 pytestmark = pytest.mark.integration
 
@@ -186,25 +184,7 @@ def peers(powerdns: PowerDns) -> Iterator[Peers]:
             controller.stop()
 
 
-@dataclass
-class Runner:
-    store: QueueStore
-    runner: QueueRunner
-    connector: Connector
-
-    def enqueue(self, *recipients: str) -> str:
-        message = QueuedMessage(
-            new_id(), "alice@example.com", time.time(), [QueuedRecipient(r) for r in recipients]
-        )
-        self.store.enqueue(message, [b"Subject: tls\r\n\r\nhello\r\n"])
-        self.runner.wake()
-        return message.id
-
-    def status(self, queue_id: str) -> RcptStatus | None:
-        message = self.store.load(queue_id)
-        return None if message is None else message.recipients[0].status
-
-
+@contextlib.asynccontextmanager
 async def _runner(
     powerdns: PowerDns, peers: Peers, tmp_path: Path, **settings: Any
 ) -> AsyncIterator[Runner]:
@@ -219,34 +199,18 @@ async def _runner(
         }
     )
     resolver = CachingResolver(ResolverConfig(nameservers=(powerdns.nameserver,)))
-    connector = Connector(config, resolver, "mail.example.com")
-    store = QueueStore(tmp_path / "queue")
-    runner = QueueRunner(store, connector, lambda: config, hostname="mail.example.com")
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        yield Runner(store, runner, connector)
-    finally:
-        stop.set()
-        await task
+    async with running_queue(config, resolver, tmp_path / "queue") as runner:
+        yield runner
 
 
 @pytest.fixture
 async def mx(powerdns: PowerDns, peers: Peers, tmp_path: Path) -> AsyncIterator[Runner]:
-    async for runner in _runner(powerdns, peers, tmp_path):
+    async with _runner(powerdns, peers, tmp_path) as runner:
         yield runner
 
 
 def _delivered(recorder: Recorder, rcpt: str) -> list[Received]:
     return [r for r in recorder.received if rcpt in r.rcpts]
-
-
-async def _settle(runner: Runner) -> None:
-    assert await runner.runner.drain(20)
-
-
-def _outcomes(runner: Runner, domain: str) -> list[tuple[str, str]]:
-    return [(o.policy, o.result) for o in runner.connector.outcomes if o.domain == domain]
 
 
 def _tls_sessions(policy: str, result: str) -> float:
@@ -259,27 +223,27 @@ async def test_enforce_delivers_over_verified_tls_to_a_wildcard_mx(
 ) -> None:
     before = _tls_sessions("sts", "success")
     mx.enqueue(f"a@{ENFORCE}")
-    await _settle(mx)
+    await mx.settle()
     [received] = _delivered(peers.good, f"a@{ENFORCE}")
     assert received.tls
-    assert _outcomes(mx, ENFORCE) == [("sts", "success")]
+    assert mx.outcomes(ENFORCE) == [("sts", "success")]
     assert _tls_sessions("sts", "success") == before + 1  # counted for monitoring too
 
 
 async def test_enforce_with_an_mx_the_policy_does_not_list_waits(mx: Runner, peers: Peers) -> None:
     queue_id = mx.enqueue(f"a@{MISMATCH}")
-    await _settle(mx)
+    await mx.settle()
     assert _delivered(peers.good, f"a@{MISMATCH}") == []
     assert mx.status(queue_id) is RcptStatus.DEFERRED
-    assert ("sts", "certificate-host-mismatch") in _outcomes(mx, MISMATCH)
+    assert ("sts", "certificate-host-mismatch") in mx.outcomes(MISMATCH)
 
 
 async def test_enforce_with_a_wrong_certificate_waits(mx: Runner, peers: Peers) -> None:
     queue_id = mx.enqueue(f"a@{BADCERT}")
-    await _settle(mx)
+    await mx.settle()
     assert _delivered(peers.bad, f"a@{BADCERT}") == []
     assert mx.status(queue_id) is RcptStatus.DEFERRED
-    [(policy, result)] = _outcomes(mx, BADCERT)
+    [(policy, result)] = mx.outcomes(BADCERT)
     assert policy == "sts"
     assert result in ("certificate-host-mismatch", "certificate-not-trusted", "validation-failure")
 
@@ -287,29 +251,29 @@ async def test_enforce_with_a_wrong_certificate_waits(mx: Runner, peers: Peers) 
 async def test_enforce_without_starttls_waits(mx: Runner, peers: Peers) -> None:
     before = _tls_sessions("sts", "starttls-not-supported")
     queue_id = mx.enqueue(f"a@{ENFORCE_PLAIN}")
-    await _settle(mx)
+    await mx.settle()
     assert _delivered(peers.plain, f"a@{ENFORCE_PLAIN}") == []
     assert mx.status(queue_id) is RcptStatus.DEFERRED
-    assert _outcomes(mx, ENFORCE_PLAIN) == [("sts", "starttls-not-supported")]
+    assert mx.outcomes(ENFORCE_PLAIN) == [("sts", "starttls-not-supported")]
     assert _tls_sessions("sts", "starttls-not-supported") == before + 1
 
 
 async def test_testing_mode_logs_the_failure_and_delivers(mx: Runner, peers: Peers) -> None:
     mx.enqueue(f"a@{TESTING}")
-    await _settle(mx)
+    await mx.settle()
     [received] = _delivered(peers.bad, f"a@{TESTING}")
     assert received.tls  # still encrypted, just not authenticated
-    assert _outcomes(mx, TESTING)[0][0] == "sts"
-    assert _outcomes(mx, TESTING)[0][1] != "success"
+    assert mx.outcomes(TESTING)[0][0] == "sts"
+    assert mx.outcomes(TESTING)[0][1] != "success"
 
 
 async def test_mode_none_and_no_policy_deliver_opportunistically(mx: Runner, peers: Peers) -> None:
     mx.enqueue(f"a@{NONE}")
     mx.enqueue(f"a@{PLAIN}")
-    await _settle(mx)
+    await mx.settle()
     assert len(_delivered(peers.plain, f"a@{NONE}")) == 1
     assert len(_delivered(peers.plain, f"a@{PLAIN}")) == 1
-    assert _outcomes(mx, PLAIN) == [("no-policy-found", "starttls-not-supported")]
+    assert mx.outcomes(PLAIN) == [("no-policy-found", "starttls-not-supported")]
 
 
 async def test_a_policy_served_with_an_untrusted_certificate_is_ignored(
@@ -317,7 +281,7 @@ async def test_a_policy_served_with_an_untrusted_certificate_is_ignored(
 ) -> None:
     # The "enforce" policy behind the rogue certificate would forbid this MX; it must not count.
     mx.enqueue(f"a@{UNTRUSTED}")
-    await _settle(mx)
+    await mx.settle()
     assert len(_delivered(peers.plain, f"a@{UNTRUSTED}")) == 1
 
 
@@ -341,7 +305,7 @@ async def relayed(powerdns: PowerDns, peers: Peers, tmp_path: Path) -> AsyncIter
         password_file=peers.password_file,
         domains=(f"far.{ZONE}",),
     )
-    async for runner in _runner(powerdns, peers, tmp_path, relays=[relay.model_dump()]):
+    async with _runner(powerdns, peers, tmp_path, relays=[relay.model_dump()]) as runner:
         yield runner
 
 
@@ -350,7 +314,7 @@ async def test_a_smarthost_gets_the_domains_routed_to_it_over_tls_with_auth(
 ) -> None:
     relayed.enqueue(f"x@far.{ZONE}")  # no MX at all: only the relay can take it
     relayed.enqueue(f"y@{PLAIN}")  # not routed: direct to its MX
-    await _settle(relayed)
+    await relayed.settle()
     [received] = _delivered(peers.relay, f"x@far.{ZONE}")
     assert received.tls
     assert received.user == "mailpod"
@@ -363,7 +327,7 @@ async def test_a_smarthost_refusing_our_password_defers_the_mail(
     peers.password_file.write_text("wrong\n")
     try:
         queue_id = relayed.enqueue(f"z@far.{ZONE}")
-        await _settle(relayed)
+        await relayed.settle()
     finally:
         peers.password_file.write_text("relay-secret\n")
     assert _delivered(peers.relay, f"z@far.{ZONE}") == []

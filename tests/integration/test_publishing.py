@@ -21,7 +21,7 @@ from letterbox.api.maildomain import DnsPolicy, DnsSpec, MailDomainSpec
 from letterbox.api.meta import ConditionStatus
 from letterbox.dns.plan import ActionKind, registry_name
 from letterbox.dns.provider import DnsProvider, InvalidCredentials
-from letterbox.dns.publish import provider_for, publish_domain
+from letterbox.dns.publish import DnsOutcome, provider_for, publish_domain
 from letterbox.material import generate_dkim_key
 from letterbox.reconcile.publishing import (
     live_records,
@@ -117,6 +117,18 @@ async def publish(
     return outcome.status
 
 
+async def publish_sweeping(backend: Backend, records: list[DnsRecord]) -> DnsOutcome:
+    """A whole publishing pass as the operator runs it: publish, then sweep retired keys."""
+    return await publish_and_sweep(
+        backend.spec,
+        records,
+        zone=backend.zone,
+        owner=OWNER,
+        credential=backend.credential,
+        authoritative=[backend.server],
+    )
+
+
 async def test_the_sweep_withdraws_only_our_unwanted_dkim_values(
     backend: Backend, pems: dict[str, tuple[DkimAlgorithm, str]]
 ) -> None:
@@ -181,14 +193,7 @@ async def test_a_retired_key_is_withdrawn_even_under_upsert_only(
     spec = spec_for(zone)
     assert backend.spec.policy is DnsPolicy.UPSERT_ONLY
     both = records_for(spec, pems, "s1", "s2")
-    outcome = await publish_and_sweep(
-        backend.spec,
-        both,
-        zone=zone,
-        owner=OWNER,
-        credential=backend.credential,
-        authoritative=[backend.server],
-    )
+    outcome = await publish_sweeping(backend, both)
     assert (outcome.status, outcome.reason) == (ConditionStatus.TRUE, "Published"), outcome
     s1 = next(r.value for r in both if r.name.startswith("s1."))
     assert dkim(backend, "s1") == {s1}
@@ -202,14 +207,7 @@ async def test_a_retired_key_is_withdrawn_even_under_upsert_only(
     # from the spec in the same pass, stays published under upsert-only.
     fewer = records_for(spec_for(zone, tls_rpt=False), pems, "s2")
     assert not any(r.purpose == "TLS-RPT" for r in fewer)
-    outcome = await publish_and_sweep(
-        backend.spec,
-        fewer,
-        zone=zone,
-        owner=OWNER,
-        credential=backend.credential,
-        authoritative=[backend.server],
-    )
+    outcome = await publish_sweeping(backend, fewer)
     assert (outcome.status, outcome.reason) == (ConditionStatus.TRUE, "Published"), outcome
     assert dkim(backend, "s1") == set()
     assert len(dkim(backend, "s2")) == 1
@@ -309,14 +307,7 @@ async def test_a_cname_at_a_new_selector_is_a_conflict_not_a_provider_error(
     delegated = f"s1._domainkey.{zone}"
     backend.hand_set(delegated, "CNAME", ["s1.dkim.mail-host.example.net."])
     records = records_for(spec_for(zone), pems, "s1")
-    outcome = await publish_and_sweep(
-        backend.spec,
-        records,
-        zone=zone,
-        owner=OWNER,
-        credential=backend.credential,
-        authoritative=[backend.server],
-    )
+    outcome = await publish_sweeping(backend, records)
     assert (outcome.status, outcome.reason) == (ConditionStatus.FALSE, "RecordConflict"), outcome
     assert delegated in outcome.message
     assert backend.values(delegated, "CNAME") == {"s1.dkim.mail-host.example.net."}
