@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -171,6 +172,15 @@ class MailpodProcess:
         return [f.read_bytes() for f in sorted(files, key=lambda f: arrival_order(f.name))]
 
 
+def proxy_v2_header(source: str, source_port: int = 40000, destination_port: int = 25) -> bytes:
+    """A PROXY protocol v2 header for a TCP/IPv4 client `source` reaching 127.0.0.1, as a load
+    balancer sends it."""
+    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1")
+    addresses += struct.pack("!HH", source_port, destination_port)
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    return signature + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
 class TlsAfterProxy:
     """A client of an implicit-TLS listener behind a PROXY-protocol load balancer, over memory
     BIOs so the test decides what goes into each write: the PROXY header alone, or the header
@@ -216,3 +226,24 @@ class TlsAfterProxy:
         data = self.raw.recv(65536)
         self.incoming.write(data)
         return bool(data)
+
+
+class SmtpLines:
+    """A raw SMTP session over `sock` (its banner read first), one command at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+        self.banner = self.reader.readline().decode()
+
+    def command(self, line: str) -> str:
+        """Send `line`; the last line of the reply."""
+        self.sock.sendall(line.encode() + b"\r\n")
+        while True:
+            reply = self.reader.readline().decode()
+            if reply[3:4] != "-":
+                return reply
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()

@@ -8,7 +8,6 @@ import json
 import re
 import smtplib
 import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,12 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.response_parser import parse_fetch_response
 
-from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess, TlsAfterProxy
+from tests.integration.mailpod_harness import (
+    PASSWORDS,
+    MailpodProcess,
+    TlsAfterProxy,
+    proxy_v2_header,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,14 +126,6 @@ def test_qresync_resync_with_imapclient(pod: MailpodProcess) -> None:
 
 # --- PROXY protocol v2 --------------------------------------------------------------------------
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def _proxy_v2(source: str, source_port: int, destination_port: int) -> bytes:
-    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1")
-    addresses += struct.pack("!HH", source_port, destination_port)
-    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
-
 
 def _proxied_pod(tmp_path: Path, trusted: list[str]) -> MailpodProcess:
     pod = MailpodProcess(tmp_path, workers=1)
@@ -184,7 +180,7 @@ def _login_peers(pod: MailpodProcess) -> list[str]:
 
 def test_imap_behind_a_trusted_proxy_sees_the_client(tmp_path: Path) -> None:
     pod = _proxied_pod(tmp_path, ["127.0.0.0/8"])
-    header = _proxy_v2("198.51.100.9", 40001, pod.ports["imap"])
+    header = proxy_v2_header("198.51.100.9", 40001, pod.ports["imap"])
     pod.start(probe=lambda: bool(_login_through_proxy(pod, header)))
     try:
         lines = _login_through_proxy(pod, header)
@@ -199,7 +195,7 @@ def test_imap_proxy_header_from_an_untrusted_peer_is_not_believed(tmp_path: Path
     pod = _proxied_pod(tmp_path, ["192.0.2.0/24"])  # loopback is not trusted
     pod.start()
     try:
-        lines = _login_through_proxy(pod, _proxy_v2("198.51.100.9", 40001, pod.ports["imap"]))
+        lines = _login_through_proxy(pod, proxy_v2_header("198.51.100.9", 40001, pod.ports["imap"]))
         # The header is not read as one: its bytes are a bad command, nobody logs in as it.
         assert any(b"BAD" in line for line in lines), lines
         assert "198.51.100.9" not in _login_peers(pod)
@@ -210,7 +206,7 @@ def test_imap_proxy_header_from_an_untrusted_peer_is_not_believed(tmp_path: Path
 def _tls_after_proxy(raw: socket.socket, pod: MailpodProcess, together: bool) -> list[bytes]:
     """PROXY v2 header, then TLS, then LOGIN."""
     client = TlsAfterProxy(
-        raw, pod.client_context(), _proxy_v2("203.0.113.5", 40002, pod.ports["imaps"])
+        raw, pod.client_context(), proxy_v2_header("203.0.113.5", 40002, pod.ports["imaps"])
     )
     client.handshake(together)
     client.send(f"l LOGIN {USER} {PASSWORDS[USER]}\r\n".encode())

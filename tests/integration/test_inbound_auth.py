@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailpod.config import DkimAlgorithm
 from mailpod.dkim import DkimSigner, key_record, sign
 from tests.harness.powerdns import PowerDns
-from tests.integration.mailpod_harness import MailpodProcess
+from tests.integration.mailpod_harness import MailpodProcess, SmtpLines, proxy_v2_header
 
 pytestmark = pytest.mark.integration
 
@@ -319,38 +318,19 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, zones: PowerDns) -> Iterat
         server.stop()
 
 
-def _proxy_v2(source: str) -> bytes:
-    addresses = (
-        socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 40000, 25)
-    )
-    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12) + addresses
-
-
 def _proxied_banner(pod: MailpodProcess, source: str) -> bytes:
     with socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=5) as sock:
-        sock.sendall(_proxy_v2(source))
+        sock.sendall(proxy_v2_header(source))
         return sock.recv(200)
 
 
-class Session:
+class Session(SmtpLines):
     """A raw SMTP session through the PROXY header, one command at a time."""
 
     def __init__(self, pod: MailpodProcess, source: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=20)
-        self.sock.sendall(_proxy_v2(source))
-        self.reader = self.sock.makefile("rb")
-        self.banner = self.reader.readline().decode()
-
-    def command(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\r\n")
-        while True:
-            reply = self.reader.readline().decode()
-            if reply[3:4] != "-":
-                return reply
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
+        sock = socket.create_connection(("127.0.0.1", pod.ports["smtp"]), timeout=20)
+        sock.sendall(proxy_v2_header(source))
+        super().__init__(sock)
 
 
 def _transaction(session: Session, sender: str, rcpt: str = "alice@example.com") -> list[str]:

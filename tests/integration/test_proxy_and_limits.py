@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.mailpod_harness import PASSWORDS, MailpodProcess, TlsAfterProxy
+from tests.integration.mailpod_harness import (
+    PASSWORDS,
+    MailpodProcess,
+    TlsAfterProxy,
+    proxy_v2_header,
+)
 
 pytestmark = pytest.mark.integration
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 ALICE = "alice@example.com"
-
-
-def _proxy_v2(source: str, source_port: int) -> bytes:
-    addresses = socket.inet_aton(source) + socket.inet_aton("127.0.0.1")
-    addresses += struct.pack("!HH", source_port, 25)
-    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
 
 
 def _pod(tmp_path: Path, trusted: list[str]) -> MailpodProcess:
@@ -57,9 +54,9 @@ def _send_through_proxy(port: int, header: bytes) -> bytes:
 def test_trusted_proxy_passes_the_client_address(tmp_path: Path) -> None:
     pod = _pod(tmp_path, ["127.0.0.0/8"])
     port = pod.ports["smtp"]
-    pod.start(probe=lambda: _send_through_proxy(port, _proxy_v2("203.0.113.7", 40000)) != b"")
+    pod.start(probe=lambda: _send_through_proxy(port, proxy_v2_header("203.0.113.7", 40000)) != b"")
     try:
-        assert _send_through_proxy(port, _proxy_v2("198.51.100.9", 40001)).startswith(b"250")
+        assert _send_through_proxy(port, proxy_v2_header("198.51.100.9", 40001)).startswith(b"250")
         stored = [m for m in pod.messages("alice@example.com") if b"198.51.100.9" in m]
         assert stored
         assert b"Received: from lb.test ([198.51.100.9])" in stored[0]
@@ -72,7 +69,7 @@ def test_untrusted_peer_cannot_claim_an_address(tmp_path: Path) -> None:
     port = pod.ports["smtp"]
     pod.start(probe=lambda: _reachable(port))
     try:
-        assert _send_through_proxy(port, _proxy_v2("198.51.100.9", 40001)) == b""
+        assert _send_through_proxy(port, proxy_v2_header("198.51.100.9", 40001)) == b""
         assert not any(b"198.51.100.9" in m for m in pod.messages("alice@example.com"))
     finally:
         pod.stop()
@@ -155,7 +152,9 @@ def test_implicit_tls_handshake_sent_with_the_proxy_header_in_one_write(tmp_path
     try:
         for together in (True, False):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-                client = TlsAfterProxy(raw, pod.client_context(), _proxy_v2("203.0.113.5", 40002))
+                client = TlsAfterProxy(
+                    raw, pod.client_context(), proxy_v2_header("203.0.113.5", 40002)
+                )
                 client.handshake(together)
                 greeting = client.read_lines(1)[0]
                 assert greeting.startswith(b"220 "), greeting

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.mailpod_harness import MailpodProcess
+from tests.integration.mailpod_harness import MailpodProcess, SmtpLines
 
 pytestmark = pytest.mark.integration
 
@@ -42,26 +42,15 @@ def _stopped(worker: int) -> Iterator[None]:
         os.kill(worker, signal.SIGCONT)
 
 
-class Client:
+class Client(SmtpLines):
     """One SMTP connection from a chosen loopback source address."""
 
     def __init__(self, pod: MailpodProcess, source: str) -> None:
-        self.sock = socket.create_connection(
-            ("127.0.0.1", pod.ports["smtp"]), timeout=10, source_address=(source, 0)
+        super().__init__(
+            socket.create_connection(
+                ("127.0.0.1", pod.ports["smtp"]), timeout=10, source_address=(source, 0)
+            )
         )
-        self.reader = self.sock.makefile("rb")
-        self.banner = self.reader.readline().decode()
-
-    def command(self, line: str) -> str:
-        self.sock.sendall(line.encode() + b"\r\n")
-        while True:
-            reply = self.reader.readline().decode()
-            if reply[3:4] != "-":
-                return reply
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
 
 
 def _banner(pod: MailpodProcess, source: str) -> str:
