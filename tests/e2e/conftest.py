@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Iterator
 
 import pytest
 
+from letterbox.kube import Kube
 from tests.conftest import REPO
 from tests.harness.controlplane import ControlPlane
 
@@ -30,3 +33,22 @@ def crds(control_plane: ControlPlane) -> ControlPlane:
         "app.kubernetes.io/part-of=letterbox",
     )
     return control_plane
+
+
+_serial = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def kube(crds: ControlPlane) -> Iterator[Kube]:
+    """An admin client of the control plane, shared by a module's tests."""
+    with Kube.connect(crds.kubeconfig) as client:
+        yield client
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:48]
+    name = f"{base}-{next(_serial)}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name

@@ -4,10 +4,8 @@ writes that skip unchanged statuses, events with series, create-only Secrets, er
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -31,23 +29,7 @@ from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
-_serial = itertools.count()
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def kube(crds: ControlPlane) -> Iterator[Kube]:
-    with Kube.connect(crds.kubeconfig) as client:
-        yield client
-
-
-@pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> str:
-    """A fresh namespace per test, so tests never see each other's objects."""
-    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:48]
-    name = f"{base}-{next(_serial)}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
 
 
 def mailbox(namespace: str, name: str = "alice", **labels: str) -> Object:

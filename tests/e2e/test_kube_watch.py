@@ -5,11 +5,9 @@ on the loop, cancellation), and the operator's store following a namespace with 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -19,25 +17,8 @@ from letterbox.api.meta import API_VERSION, ObjectMeta
 from letterbox.kube import AsyncKube, Expired, Kube, Object, WatchEvent, WatchStream
 from letterbox.reconcile.snapshot import Kind
 from letterbox.reconcile.store import ObjectStore, follow
-from tests.harness.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
-
-_serial = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def kube(crds: ControlPlane) -> Iterator[Kube]:
-    with Kube.connect(crds.kubeconfig) as client:
-        yield client
-
-
-@pytest.fixture
-def namespace(kube: Kube, request: pytest.FixtureRequest) -> str:
-    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:48]
-    name = f"{base}-{next(_serial)}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
 
 
 def mailbox(namespace: str, name: str, address: str | None = None) -> Object:
