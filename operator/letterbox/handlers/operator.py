@@ -124,13 +124,10 @@ def _session(kube: ClusterApi) -> kopf.AiohttpSession:
     a 401)."""
     api_server: ApiServer = kube.sync.transport.api_server
     credential = api_server.credential()
-    authorization = api_server.authorization()
-    changing = api_server.token_file is not None or api_server.exec_plugin is not None
-    expires = (
-        credential.expires
-        if credential.expires is not None
-        else (time.time() + TOKEN_REFRESH_SECONDS if changing else None)
-    )
+    authorization = api_server.authorization(credential)
+    expires = credential.expires  # an exec plugin's token always has one
+    if expires is None and api_server.token_file is not None:
+        expires = time.time() + TOKEN_REFRESH_SECONDS
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=KOPF_CONNECTIONS, ssl=api_server.ssl_context()),
         headers={"Authorization": authorization} if authorization else {},

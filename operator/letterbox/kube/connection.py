@@ -52,7 +52,6 @@ class ExecPlugin:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     api_version: str = "client.authentication.k8s.io/v1"
-    workdir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,10 @@ class ApiServer:
                 raise KubeconfigError(f"cannot read the token file: {error}") from error
         return Credential(self.token, None)
 
-    def authorization(self) -> str | None:
-        """The Authorization header value, or None (client-certificate auth)."""
-        token = self.credential().token
+    def authorization(self, credential: Credential | None = None) -> str | None:
+        """The Authorization header value, or None (client-certificate auth); from
+        `credential` when the caller has just taken it, so a token file is read once."""
+        token = (credential or self.credential()).token
         if token:
             return f"Bearer {token}"
         if self.username is not None and self.password is not None:
@@ -311,7 +311,6 @@ def _exec_plugin(spec: Any, base: Path | None) -> ExecPlugin:
         tuple(str(a) for a in spec.get("args") or []),
         env,
         str(spec.get("apiVersion") or ExecPlugin.api_version),
-        base,
     )
 
 

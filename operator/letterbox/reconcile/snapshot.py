@@ -61,18 +61,16 @@ class Observed(Generic[R]):
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     model: R | None
     error: str | None = None
-    created: str = field(init=False, repr=False, compare=False)
-    """RFC 3339 in UTC with a Z suffix: orders lexicographically, as the API server writes it."""
     generation: int | None = field(init=False, repr=False, compare=False)
     deleting: bool = field(init=False, repr=False, compare=False)
     age_key: tuple[str, str, str] = field(init=False, repr=False, compare=False)
-    """Older first; ties (same second) broken by kind and name so the order is total."""
+    """Older first (creationTimestamp is RFC 3339 in UTC with a Z suffix, so it orders as
+    text); ties (same second) broken by kind and name so the order is total."""
 
     def __post_init__(self) -> None:
         metadata = self.raw.get("metadata") or {}
         created = str(metadata.get("creationTimestamp") or "")
         generation = metadata.get("generation")
-        object.__setattr__(self, "created", created)
         object.__setattr__(self, "generation", int(generation) if generation is not None else None)
         object.__setattr__(self, "deleting", bool(metadata.get("deletionTimestamp")))
         object.__setattr__(self, "age_key", (created, self.key.kind.value, self.key.name))
