@@ -62,6 +62,18 @@ class Listener(Model):
     proxy_protocol: bool = False
     """Expect a PROXY protocol v2 header first (only honoured from `trusted_proxies`)."""
 
+    @property
+    def implicit_tls(self) -> bool:
+        """TLS from the start of the session (465, 993), not after STARTTLS."""
+        return self.kind in (ListenerKind.SUBMISSIONS, ListenerKind.IMAPS)
+
+    @property
+    def tls_on_accept(self) -> bool:
+        """Whether the socket server does the TLS handshake itself. Not behind a PROXY-protocol
+        load balancer: its header comes in clear before the handshake, so the session reads
+        it first and then starts TLS."""
+        return self.implicit_tls and not self.proxy_protocol
+
 
 class TlsConfig(Model):
     cert_file: Path

@@ -220,14 +220,13 @@ def _smtp_factory(runtime: PodRuntime, listener: Listener) -> Callable[[], objec
     def make() -> object:
         config = runtime.snapshot().config
         tls = runtime.state.tls
-        implicit = listener.kind is ListenerKind.SUBMISSIONS
         return MailSMTP(
             handler,
-            tls_after_proxy=tls if implicit and listener.proxy_protocol else None,
+            tls_after_proxy=tls if listener.implicit_tls and listener.proxy_protocol else None,
             hostname=config.hostname,
             ident="ESMTP mailpod",
             # 465 is TLS from the first byte; STARTTLS is offered on 25 and required on 587.
-            tls_context=tls if not implicit else None,
+            tls_context=tls if not listener.implicit_tls else None,
             require_starttls=listener.kind is ListenerKind.SUBMISSION,
             auth_require_tls=listener.kind is not ListenerKind.SUBMISSIONS,
             data_size_limit=config.limits.max_message_bytes,
@@ -263,10 +262,8 @@ async def serve(
     servers: list[asyncio.Server] = []
     for listener, sock in zip(config.listeners, sockets, strict=True):
         if listener.kind in SMTP_KINDS:
-            # Behind a PROXY-protocol load balancer the header comes before the TLS handshake:
-            # the session starts TLS itself after reading it (MailSMTP.tls_after_proxy).
-            tls_first = listener.kind is ListenerKind.SUBMISSIONS and not listener.proxy_protocol
-            ssl_context = state.tls if tls_first else None
+            # Else the session starts TLS itself after the PROXY header (MailSMTP.tls_after_proxy).
+            ssl_context = state.tls if listener.tls_on_accept else None
             servers.append(
                 await loop.create_server(
                     _smtp_factory(runtime, listener),  # type: ignore[arg-type]
@@ -277,13 +274,8 @@ async def serve(
             )
         elif listener.kind in IMAP_KINDS:
             imap = ImapServer(runtime, listener, state.tls, runtime.open_mailbox)
-            # Behind a PROXY-protocol load balancer the header comes before the TLS handshake,
-            # so the IMAP server starts TLS itself after reading it.
-            implicit_tls = (
-                state.tls
-                if listener.kind is ListenerKind.IMAPS and not listener.proxy_protocol
-                else None
-            )
+            # Else the IMAP server starts TLS itself after the PROXY header.
+            implicit_tls = state.tls if listener.tls_on_accept else None
             servers.append(
                 await asyncio.start_server(
                     imap.handle,

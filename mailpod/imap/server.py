@@ -34,7 +34,7 @@ from enum import Enum
 from typing import Protocol
 
 from mailpod import metrics
-from mailpod.config import Listener, ListenerKind
+from mailpod.config import Listener
 from mailpod.imap.backend import MailboxError, MailboxSession
 from mailpod.imap.fetch import needs_body, needs_header_only, render_fetch, sets_seen
 from mailpod.imap.listing import DELIMITER, list_folders
@@ -235,7 +235,7 @@ class ImapServer:
 
     @property
     def implicit_tls(self) -> bool:
-        return self.listener.kind is ListenerKind.IMAPS
+        return self.listener.implicit_tls
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

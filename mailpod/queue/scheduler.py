@@ -373,12 +373,12 @@ class QueueRunner:
                 recipient.status = RcptStatus.DELIVERED
                 self.delivered += 1
                 durable = True
-                QUEUE_ATTEMPTS.labels(result=AttemptResult.DELIVERED).inc()
+                result = AttemptResult.DELIVERED
             elif 500 <= code < 600:
                 recipient.status = RcptStatus.FAILED
                 self.failed += 1
                 durable = True
-                QUEUE_ATTEMPTS.labels(result=AttemptResult.FAILED).inc()
+                result = AttemptResult.FAILED
             else:
                 recipient.attempts += 1
                 expires = message.created + config.lifetime_seconds
@@ -387,9 +387,9 @@ class QueueRunner:
                     recipient.reply = f"{code} 4.4.7 delivery time expired; last reply: {text}"
                     self.failed += 1
                     durable = True
-                    QUEUE_ATTEMPTS.labels(result=AttemptResult.EXPIRED).inc()
+                    result = AttemptResult.EXPIRED
                 else:
-                    QUEUE_ATTEMPTS.labels(result=AttemptResult.DEFERRED).inc()
+                    result = AttemptResult.DEFERRED
                     recipient.status = RcptStatus.DEFERRED
                     delay = min(
                         config.retry_initial_seconds * 2 ** (recipient.attempts - 1),
@@ -398,6 +398,7 @@ class QueueRunner:
                     delay *= 0.75 + 0.5 * self.rng()  # jitter: retries of a burst spread out
                     recipient.next_attempt = min(now + delay, expires)
                     self.deferred += 1
+            QUEUE_ATTEMPTS.labels(result=result).inc()
             log.info(
                 "delivery",
                 extra={
