@@ -329,6 +329,12 @@ class MailpodConfig(Model):
         }
         if self.tls is None and any(listener.kind in tls_kinds for listener in self.listeners):
             raise ValueError("submission and IMAP listeners need tls (AUTH only over TLS)")
+        bound: set[tuple[str, int]] = set()
+        for listener in self.listeners:
+            where = (listener.address, listener.port)
+            if listener.port and where in bound:
+                raise ValueError(f"two listeners on {listener.address}:{listener.port}")
+            bound.add(where)
         return self
 
 

@@ -34,7 +34,7 @@ from mailpod import dkim, metrics
 from mailpod.auth import Authenticator, AuthResult
 from mailpod.checks.dnsreload import ReloadingResolver
 from mailpod.checks.inbound import InboundChecker
-from mailpod.config import Listener, ListenerKind, MailpodConfig, load_config
+from mailpod.config import ConfigError, Listener, ListenerKind, MailpodConfig, load_config
 from mailpod.imap import tlsbuffer
 from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
@@ -69,7 +69,13 @@ def bind(listener: Listener) -> socket.socket:
     # says so, and without it every multi-line reply (EHLO) waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((listener.address, listener.port))
+    try:
+        sock.bind((listener.address, listener.port))
+    except OSError as error:
+        sock.close()
+        # The address and port come from the config; say which listener, not a traceback.
+        where = f"{listener.address}:{listener.port}"
+        raise ConfigError(f"{listener.kind.value} listener on {where}: {error.strerror}") from error
     sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from tests.integration.mailpod_harness import MailpodProcess, fast_hash, free_port
+from tests.harness.ports import free_port
+from tests.integration.mailpod_harness import MailpodProcess, fast_hash
 
 _T = TypeVar("_T")
 USER = "alice@example.com"

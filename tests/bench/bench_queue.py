@@ -29,7 +29,7 @@ from mailpod.dns import CachingResolver
 from mailpod.outbound.deliver import Connector
 from mailpod.queue.scheduler import QueueRunner
 from mailpod.queue.store import QueuedMessage, QueuedRecipient, QueueStore, new_id
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 from tests.integration.test_outbound import SmtpSink
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.mailpod_harness import free_port
+from tests.harness.ports import free_port
 
 QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold")
 

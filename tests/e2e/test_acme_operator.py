@@ -27,8 +27,9 @@ from tests.e2e.operator_harness import (
 )
 from tests.e2e.test_operator import APPLY
 from tests.e2e.test_operator_pod import operator_settings
-from tests.harness.controlplane import ControlPlane, free_port
+from tests.harness.controlplane import ControlPlane
 from tests.harness.pebble import Pebble
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 
 pytestmark = pytest.mark.e2e

@@ -23,8 +23,9 @@ import pytest
 from letterbox.kube import Kube
 from tests.conftest import EXAMPLES
 from tests.e2e.test_kube_rbac import allowed
-from tests.harness.controlplane import ControlPlane, free_port, service_account_kubeconfig
+from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
 from tests.harness.helm import CHART, Manifest, find, helm, operator_rules, template
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -49,7 +49,7 @@ from letterbox.render.workload import RESTART_CHECKSUM_ANNOTATION
 from tests.conftest import EXAMPLES, REPO
 from tests.e2e.operator_harness import grant_operator, operator_in_process, wait_for
 from tests.harness.controlplane import ControlPlane
-from tests.integration.mailpod_harness import free_port
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,8 @@ from tests.e2e.operator_harness import (
     wait_for,
 )
 from tests.e2e.test_operator import APPLY
-from tests.harness.controlplane import ControlPlane, free_port
+from tests.harness.controlplane import ControlPlane
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ from letterbox.render.podconfig_secrets import ConfigSecretNames, render_pod_con
 from mailpod.config import Mailbox, MailpodConfig
 from tests.conftest import REPO
 from tests.harness.controlplane import ControlPlane, service_account_kubeconfig
-from tests.integration.mailpod_harness import free_port
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

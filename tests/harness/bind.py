@@ -25,8 +25,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.harness.controlplane import _Process, free_port
+from tests.harness.controlplane import _Process
 from tests.harness.loopback import LoopbackServer
+from tests.harness.ports import free_port
 from tests.harness.powerdns import RRset, fqdn
 
 NAMED: Final = "/usr/sbin/named"

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.harness.ports import free_port
 
 __all__ = [
     "BINARIES_SCRIPT",
@@ -263,14 +264,6 @@ def _make_pki(directory: Path) -> _Pki:
 
 # --------------------------------------------------------------------------
 # processes
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = 40) -> str:

@@ -28,8 +28,9 @@ from typing import Final
 import httpx
 import trustme
 
-from tests.harness.controlplane import _Process, free_port
+from tests.harness.controlplane import _Process
 from tests.harness.loopback import LoopbackServer
+from tests.harness.ports import free_port
 
 BINARY: Final = "pebble"
 START_TIMEOUT: Final = 20.0

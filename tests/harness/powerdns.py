@@ -28,8 +28,9 @@ import dns.query
 import dns.rdatatype
 import httpx
 
-from tests.harness.controlplane import _Process, free_port
+from tests.harness.controlplane import _Process
 from tests.harness.loopback import LoopbackServer
+from tests.harness.ports import free_port
 
 SCHEMA: Final = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
 BINARY: Final = "pdns_server"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.ports import free_port
 from tests.integration.mailpod_harness import MailpodProcess
 
 
@@ -23,9 +24,9 @@ def mailpod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailpodProcess
 def blackhole() -> Iterator[str]:
     """A UDP and TCP port (`host:port`) that takes DNS queries and never answers: a dead DNS
     server for the resolver, the inbound checks and their reload."""
+    port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
+        udp.bind(("127.0.0.1", port))
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", port))
             tcp.listen()

@@ -21,18 +21,13 @@ from argon2 import PasswordHasher
 
 from mailpod.storage.maildir import arrival_order
 from tests.conftest import REPO
+from tests.harness.ports import free_port
 
 # Cheap parameters keep the suite fast; production hashes use the argon2 defaults.
 _FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 PASSWORDS = {"alice@example.com": "alice-secret-1", "bob@example.com": "bob-secret-2"}
 MAIL_HOST = "mail.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fast_hash(password: str) -> str:

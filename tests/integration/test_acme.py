@@ -188,7 +188,7 @@ async def test_dns_provider_down_backs_off_then_recovers(
     zone = "acme-down.letterbox.test"
     working = _zone(powerdns, zone)
     # The provider's API is unreachable (nothing listens there).
-    from tests.harness.controlplane import free_port
+    from tests.harness.ports import free_port
 
     down = Recording(f"http://127.0.0.1:{free_port()}", "k", zone, [powerdns.nameserver])
     clock = Clock()
@@ -347,7 +347,7 @@ async def test_back_off_survives_a_restart(
 ) -> None:
     zone = "acme-restart.letterbox.test"
     working = _zone(powerdns, zone)
-    from tests.harness.controlplane import free_port
+    from tests.harness.ports import free_port
 
     down = Recording(f"http://127.0.0.1:{free_port()}", "k", zone, [powerdns.nameserver])
     store = DirectorySecretStore(tmp_path)

@@ -26,7 +26,7 @@ from letterbox.dns.publish import publish, publish_domain, withdraw
 from letterbox.material import generate_dkim_key
 from letterbox.render.dkim import DkimKeyMaterial
 from letterbox.render.dnsrecords import domain_records
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 
 ZONE = "example.com"
 ZONE_ID = "023e105f4ecef8ad9ca31a8372d0c353"

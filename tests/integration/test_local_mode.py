@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, REPO
-from tests.integration.mailpod_harness import free_port
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from mailpod.outbound.deliver import Connector, Route
 from mailpod.outbound.smtp import SmtpClient
 from mailpod.queue.scheduler import QueueRunner
 from mailpod.queue.store import QueuedMessage, QueuedRecipient, QueueStore, RcptStatus, new_id
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mailpod.config import OutboundConfig, ResolverConfig
 from mailpod.dns import CachingResolver
 from mailpod.queue.store import RcptStatus
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 from tests.integration.queue_harness import Runner, running_queue
 
 pytestmark = pytest.mark.integration

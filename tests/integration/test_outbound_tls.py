@@ -24,7 +24,7 @@ from mailpod.config import OutboundConfig, RelayHost, ResolverConfig
 from mailpod.dns import CachingResolver
 from mailpod.metrics import REGISTRY
 from mailpod.queue.store import RcptStatus
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 from tests.integration.queue_harness import Runner, running_queue
 

@@ -10,7 +10,6 @@ test_dns_providers.seed) plus a foreign DKIM selector.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +30,7 @@ from letterbox.reconcile.publishing import (
 )
 from letterbox.render.dkim import DkimKeyMaterial
 from letterbox.render.dnsrecords import domain_records
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 from tests.integration.test_dns_providers import Backend, make_backend
 
@@ -272,14 +272,6 @@ async def test_withdrawing_a_domain_removes_every_value_of_ours_and_nothing_else
     assert again.empty
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 async def test_live_records_are_those_every_authoritative_server_answers(
     backend: Backend, pems: dict[str, tuple[DkimAlgorithm, str]]
 ) -> None:
@@ -294,7 +286,7 @@ async def test_live_records_are_those_every_authoritative_server_answers(
     assert live == {s1}
     assert await live_records([], zone=zone, authoritative=None) == frozenset()
     # One of two servers not answering: not live as far as anyone can tell.
-    silent = f"127.0.0.1:{closed_port()}"
+    silent = f"127.0.0.1:{free_port()}"  # nothing listens there
     assert await live_records([s1], zone=zone, authoritative=[backend.server, silent]) == set()
 
 

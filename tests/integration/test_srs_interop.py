@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mailpod.srs import SrsError, SrsRewriter
-from tests.integration.mailpod_harness import free_port
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.integration
 

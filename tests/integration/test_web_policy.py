@@ -27,7 +27,7 @@ from letterbox.render.dnsrecords import domain_records
 from letterbox.render.mtasts import render_mta_sts
 from letterbox.web.server import MAX_BODY, WebServer
 from letterbox.web.tls import ReloadingTlsContext
-from tests.harness.controlplane import free_port
+from tests.harness.ports import free_port
 from tests.harness.powerdns import PowerDns
 
 pytestmark = pytest.mark.integration

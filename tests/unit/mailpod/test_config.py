@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_shards_merge(tmp_path: Path) -> None:
             "its domain is not in domains",
         ),
         ({"listeners": [{"kind": "submission", "port": 587}]}, "need tls (AUTH only over TLS)"),
+        (
+            {"listeners": [{"kind": "smtp", "port": 25}, {"kind": "smtp", "port": 25}]},
+            "two listeners on 0.0.0.0:25",
+        ),
         ({"version": 2}, "understands config version 1"),
         ({"hostname": "not a host"}, "hostname"),
         ({"unknown": 1}, "unknown: Extra inputs are not permitted"),
@@ -79,3 +84,19 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "domains.0" in capsys.readouterr().err
     assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        storage = {"mail_root": str(tmp_path / "mail"), "queue_dir": str(tmp_path / "queue")}
+        listeners = [{"kind": "smtp", "address": "127.0.0.1", "port": port}]
+        config = _write(
+            tmp_path / "config.yaml", {**BASE, "listeners": listeners, "storage": storage}
+        )
+        assert main(["run", "--config", str(config), "--workers", "1"]) == 2
+    assert f"smtp listener on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
