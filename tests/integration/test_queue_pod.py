@@ -212,8 +212,10 @@ def test_queue_cli_lists_shows_retries_and_drops(pod: MailpodProcess) -> None:
     assert "Subject: q" in shown["headers"]
     with SmtpSink(ADDRESSES[SOFT]) as good:
         assert _cli(pod, "retry", entry["id"]).returncode == 0
-        _wait(lambda: good.dumps())
-    _wait(lambda: _queue_empty(pod))
+        _wait(lambda: _written(good))
+        # The sink writes its dump before it answers 250: it stays up until the pod has the
+        # answer, or the delivery would be cut short and deferred again.
+        _wait(lambda: _queue_empty(pod))
     assert _cli(pod, "show", entry["id"]).returncode == 1
     # drop: a message that cannot be delivered goes away without a bounce
     client = _submission(pod)
