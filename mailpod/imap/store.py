@@ -438,15 +438,6 @@ class MaildirIndex:
             raise MailboxError("NONEXISTENT", "No such mailbox")
         return record
 
-    def folder_by_id(self, folder_id: int) -> FolderInfo | None:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT id, name, uidvalidity, uidnext, highestmodseq, subscribed, special_use"
-                " FROM folders WHERE id = ?",
-                (folder_id,),
-            ).fetchone()
-        return None if row is None else _folder_info(row)
-
     def create_folder(self, name: str, special_use: str | None = None) -> None:
         validate_folder_name(name)
         if special_use is not None and special_use not in SPECIAL_USE_FOLDERS.values():

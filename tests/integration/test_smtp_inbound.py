@@ -5,7 +5,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -23,15 +22,6 @@ def _smtp(mailpod: MailpodProcess) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", mailpod.ports["smtp"], timeout=10)
     client.ehlo("client.remote.test")
     return client
-
-
-def _wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_ehlo_advertises_the_extensions(mailpod: MailpodProcess) -> None:

@@ -111,11 +111,6 @@ class OperatorRuntime:
     dkim_mount_seconds: float = MOUNT_SECONDS
     """How long a new DKIM key sits in the mounted Secret before the pods sign with it."""
 
-    def require(self) -> NamespaceReconciler:
-        if self.reconciler is None:
-            raise kopf.TemporaryError("the operator is still starting", delay=1)
-        return self.reconciler
-
 
 def _session(kube: ClusterApi) -> kopf.AiohttpSession:
     """kopf's session with the same API server and identity as letterbox.kube, so both act as
