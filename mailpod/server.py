@@ -46,7 +46,7 @@ from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.proxy import is_trusted
 from mailpod.queue.service import OutboundService
 from mailpod.queue.store import RemoteRecipient
-from mailpod.ratelimit import BucketTable
+from mailpod.ratelimit import BucketTable, ConnectionCounter, ConnectionTable
 from mailpod.smtp.handler import MailSMTP, SmtpHandler
 from mailpod.state import PodState, Snapshot
 from mailpod.storage.maildir import MaildirStorage
@@ -88,6 +88,8 @@ class PodRuntime:
     state: PodState
     buckets: BucketTable | None = None
     """The pod-wide rate-limit table the parent made before forking (None: this process's own)."""
+    connections: ConnectionCounter = field(default_factory=lambda: ConnectionTable(1).worker(0))
+    """This worker's view of the pod-wide open-connection counts (default: this process's own)."""
     hostname: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -253,13 +255,14 @@ async def serve(
     stop: asyncio.Event | None = None,
     api: KubeSourceSettings | None = None,
     buckets: BucketTable | None = None,
+    connections: ConnectionCounter | None = None,
 ) -> None:
     """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
     # asyncio gives every TLS connection its own 256 KiB read buffer for life; one per process
     # is enough (mailpod.imap.tlsbuffer), which matters with 1,000 idle IMAP connections.
     tlsbuffer.install()
     state = PodState.load(config_paths)
-    runtime = PodRuntime(state, buckets)
+    runtime = PodRuntime(state, buckets, connections or ConnectionTable(1).worker(0))
     config = state.snapshot.config
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -341,9 +344,11 @@ def run(config_paths: list[Path], workers: int, api: KubeSourceSettings | None =
     if workers <= 1:
         asyncio.run(serve(config_paths, sockets, api=api))
         return 0
-    # Made before the fork so every worker, replacements included, maps the same rate limits.
+    # Made before the fork so every worker, replacements included, maps the same rate limits
+    # and connection counts.
     buckets = BucketTable()
-    return _supervise(config_paths, sockets, workers, api, buckets)
+    connections = ConnectionTable(workers)
+    return _supervise(config_paths, sockets, workers, api, buckets, connections)
 
 
 def _supervise(
@@ -352,6 +357,7 @@ def _supervise(
     workers: int,
     api: KubeSourceSettings | None,
     buckets: BucketTable,
+    connections: ConnectionTable,
 ) -> int:
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -363,7 +369,15 @@ def _supervise(
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                asyncio.run(serve(config_paths, sockets, api=api, buckets=buckets))
+                asyncio.run(
+                    serve(
+                        config_paths,
+                        sockets,
+                        api=api,
+                        buckets=buckets,
+                        connections=connections.worker(index),
+                    )
+                )
             except BaseException:
                 log.exception("worker crashed")
                 code = 1
@@ -395,6 +409,7 @@ def _supervise(
         if index < 0 or stopping:
             continue
         log.error("worker exited, replacing it", extra={"pid": pid, "status": status})
+        connections.clear_worker(index)  # its connections died with it
         # Crash loops must not spin the CPU.
         time.sleep(max(0.0, 1.0 - (time.monotonic() - last_restart)))
         last_restart = time.monotonic()

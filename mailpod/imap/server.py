@@ -27,7 +27,6 @@ import secrets
 import socket
 import ssl
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -74,6 +73,7 @@ from mailpod.imap.search import (
 from mailpod.imap.selected import BadSequence, SelectedView
 from mailpod.imap.utf7 import decode_mutf7, encode_mutf7
 from mailpod.proxy import ProxyProtocolError, client_address, feed_buffered
+from mailpod.ratelimit import ConnectionCounter
 from mailpod.state import Snapshot
 
 __all__ = ["ImapConnection", "ImapError", "ImapRuntime", "ImapServer"]
@@ -97,7 +97,7 @@ HEADER_BATCH = 512
 """The same when only header sections are read (a few KiB each)."""
 FLUSH_AT = 256 * 1024
 MAX_CONNECTIONS_PER_USER = 50
-"""Per worker process: a mail client uses a handful, a runaway script hundreds."""
+"""Per pod: a mail client uses a handful, a runaway script hundreds."""
 MAX_BAD_COMMANDS = 20
 """Consecutive BAD commands before we hang up: a client this confused is not an IMAP client."""
 
@@ -125,6 +125,15 @@ class ImapRuntime(Protocol):
     def count_auth_failure(self, mechanism: str, reason: str) -> None: ...
 
     async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool: ...
+
+    @property
+    def connections(self) -> ConnectionCounter:
+        """Open connections per client address and per user, pod-wide."""
+
+
+def _user_key(user: str) -> str:
+    """The open-connection count of a logged-in user (pod-wide, as per client address)."""
+    return f"imap-user|{user}"
 
 
 class ImapError(Exception):
@@ -219,10 +228,6 @@ _ENABLEABLE = {
 QUOTA_ROOT = ""
 """One quota root per user, covering all their folders (the config has one quota per mailbox)."""
 
-# Open connections per client address and per user, in this worker process.
-_OPEN_BY_IP: Counter[str] = Counter()
-_OPEN_BY_USER: Counter[str] = Counter()
-
 
 @dataclass
 class ImapServer:
@@ -244,13 +249,14 @@ class ImapServer:
         config = self.runtime.snapshot().config
         trusted = self.runtime.is_trusted_proxy(peer_ip)
         # Behind a trusted load balancer every client shares its address: no per-IP limit.
-        if _OPEN_BY_IP[peer_ip] >= config.limits.max_connections_per_ip and not trusted:
+        limit = None if trusted else config.limits.max_connections_per_ip
+        connection_key = f"imap|{peer_ip}"
+        if not self.runtime.connections.acquire(connection_key, limit):
             with contextlib.suppress(ConnectionError):
                 writer.write(b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
                 await writer.drain()
             writer.close()
             return
-        _OPEN_BY_IP[peer_ip] += 1
         kind = self.listener.kind.value
         metrics.CONNECTIONS.labels(listener=kind).inc()
         metrics.CONNECTIONS_OPEN.labels(listener=kind).inc()
@@ -283,9 +289,7 @@ class ImapServer:
             connection = ImapConnection(self, reader, writer, client_ip)
             await connection.run()
         finally:
-            _OPEN_BY_IP[peer_ip] -= 1
-            if not _OPEN_BY_IP[peer_ip]:
-                del _OPEN_BY_IP[peer_ip]
+            self.runtime.connections.release(connection_key)
             metrics.CONNECTIONS_OPEN.labels(listener=kind).dec()
             writer.close()
             with contextlib.suppress(Exception):
@@ -474,9 +478,7 @@ class ImapConnection:
             await self.mailbox.close()
             self.mailbox = None
         if self._counted_user is not None:
-            _OPEN_BY_USER[self._counted_user] -= 1
-            if not _OPEN_BY_USER[self._counted_user]:
-                del _OPEN_BY_USER[self._counted_user]
+            self.runtime.connections.release(_user_key(self._counted_user))
             self._counted_user = None
         if self.user is not None:
             log.info(
@@ -662,9 +664,8 @@ class ImapConnection:
                 raise ImapError("NO", "Too many failures, try again later", "UNAVAILABLE")
             raise ImapError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
         user = result.user
-        if _OPEN_BY_USER[user] >= MAX_CONNECTIONS_PER_USER:
+        if not self.runtime.connections.acquire(_user_key(user), MAX_CONNECTIONS_PER_USER):
             raise ImapError("NO", "Too many connections for this user", "LIMIT")
-        _OPEN_BY_USER[user] += 1
         self._counted_user = user
         self.mailbox = await self.server.open_mailbox(user)
         self.user = user

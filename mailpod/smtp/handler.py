@@ -20,7 +20,6 @@ import secrets
 import ssl
 import time
 from asyncio import sslproto
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
@@ -73,9 +72,6 @@ class MailSession(Session):
 
 TLS_HANDSHAKE_SECONDS = 30.0
 
-# Open connections per client address in this worker process.
-_OPEN_BY_IP: Counter[str] = Counter()
-
 
 class MailSMTP(SMTP):
     """aiosmtpd's protocol with our envelope and session types, counting connections."""
@@ -95,6 +91,7 @@ class MailSMTP(SMTP):
         before the handshake, so the listener is served without `ssl=` and TLS starts here."""
         self._counted = False
         self._peer_ip = ""
+        self._connection_key = ""
 
     async def start_tls_after_proxy(self) -> bool:
         """The TLS handshake of an implicit-TLS session, after its PROXY header; False if it
@@ -132,28 +129,27 @@ class MailSMTP(SMTP):
         if not self._counted:  # called again after STARTTLS
             peer = transport.get_extra_info("peername")
             self._peer_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            limits = self.event_handler.runtime.snapshot().config.limits
-            if _OPEN_BY_IP[self._peer_ip] >= limits.max_connections_per_ip and not (
-                self.event_handler.runtime.is_trusted_proxy(self._peer_ip)
-            ):
-                # Behind a trusted load balancer every client shares its address: no limit.
+            runtime = self.event_handler.runtime
+            self._connection_key = f"smtp|{self._peer_ip}"
+            trusted = runtime.is_trusted_proxy(self._peer_ip)
+            # Behind a trusted load balancer every client shares its address: no limit.
+            limit = None if trusted else runtime.snapshot().config.limits.max_connections_per_ip
+            if not runtime.connections.acquire(self._connection_key, limit):
                 if isinstance(transport, asyncio.WriteTransport):
                     transport.write(b"421 4.7.0 Too many connections from your address\r\n")
                 transport.close()
                 return
             refusal = None
-            if self.event_handler.kind is ListenerKind.SMTP and not (
-                self.event_handler.runtime.is_trusted_proxy(self._peer_ip)
-            ):
+            if self.event_handler.kind is ListenerKind.SMTP and not trusted:
                 # Behind a trusted proxy the real client is only known from its header.
-                refusal = self.event_handler.runtime.inbound.connection_refusal(self._peer_ip)
+                refusal = runtime.inbound.connection_refusal(self._peer_ip)
             if refusal is not None:
+                runtime.connections.release(self._connection_key)
                 if isinstance(transport, asyncio.WriteTransport):
                     transport.write(refusal.reply().encode() + b"\r\n")
                 transport.close()
                 return
             self._counted = True
-            _OPEN_BY_IP[self._peer_ip] += 1
             accepted, open_now = _connection_metrics(self.listener)
             accepted.inc()
             open_now.inc()
@@ -163,9 +159,7 @@ class MailSMTP(SMTP):
         if not self._counted:
             return
         self._counted = False
-        _OPEN_BY_IP[self._peer_ip] -= 1
-        if not _OPEN_BY_IP[self._peer_ip]:
-            del _OPEN_BY_IP[self._peer_ip]
+        self.event_handler.runtime.connections.release(self._connection_key)
         _connection_metrics(self.listener)[1].dec()
         super().connection_lost(error)
 

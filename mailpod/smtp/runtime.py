@@ -10,6 +10,7 @@ from mailpod.checks.inbound import InboundChecker
 from mailpod.config import ListenerKind
 from mailpod.pipeline import Envelope, LocalRecipient, Message
 from mailpod.queue.store import RemoteRecipient
+from mailpod.ratelimit import ConnectionCounter
 from mailpod.state import Snapshot
 
 
@@ -25,6 +26,10 @@ class SmtpRuntime(Protocol):
     hostname: str
     inbound: InboundChecker
     """The MX's checks (port 25 only)."""
+
+    @property
+    def connections(self) -> ConnectionCounter:
+        """Open connections per client address, pod-wide."""
 
     def snapshot(self) -> Snapshot: ...
 

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,28 +59,39 @@ def _banner(pod: MailpodProcess, source: str) -> str:
     return client.banner
 
 
-@pytest.fixture
-def pod(tmp_path: Path) -> Iterator[MailpodProcess]:
-    overrides = {
+def _two_workers(
+    tmp_path: Path,
+    rate_limits: Mapping[str, object],
+    checks: Mapping[str, object] | None = None,
+    limits: Mapping[str, object] | None = None,
+) -> Iterator[MailpodProcess]:
+    """A pod of two workers with the given rate limits and only those inbound checks on."""
+    overrides: dict[str, object] = {
         "checks": {
-            "exempt_networks": [],  # the test's clients are on loopback
-            "spf": False,
-            "dkim": False,
-            "dmarc": False,
-            "arc": False,
-            "rate_limits": {
-                "connections_per_ip": {"count": 3, "seconds": 600},
-                "connections_per_network": None,
-                "messages_per_ip": {"count": 2, "seconds": 600},
-                "messages_per_network": None,
-            },
-        },
+            **{"spf": False, "dkim": False, "dmarc": False, "arc": False},
+            "rate_limits": rate_limits,
+            **(checks or {}),
+        }
     }
+    if limits is not None:
+        overrides["limits"] = limits
     server = MailpodProcess(tmp_path, workers=2, overrides=overrides).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Iterator[MailpodProcess]:
+    rate_limits = {
+        "connections_per_ip": {"count": 3, "seconds": 600},
+        "connections_per_network": None,
+        "messages_per_ip": {"count": 2, "seconds": 600},
+        "messages_per_network": None,
+    }
+    # The test's clients are on loopback, which is exempt by default.
+    yield from _two_workers(tmp_path, rate_limits, checks={"exempt_networks": []})
 
 
 def test_connection_limit_spans_the_workers(pod: MailpodProcess) -> None:
@@ -117,3 +128,36 @@ def test_message_limit_spans_the_workers(pod: MailpodProcess) -> None:
         assert other.command("MAIL FROM:<a@rl-pod.test>").startswith("250")
         client.close()
         other.close()
+
+
+@pytest.fixture
+def capped_pod(tmp_path: Path) -> Iterator[MailpodProcess]:
+    """Two open connections per client address, no rate limits."""
+    no_rate_limits = dict.fromkeys(
+        ("connections_per_ip", "connections_per_network", "messages_per_ip", "messages_per_network")
+    )
+    limits = {"max_message_bytes": 200_000, "max_connections_per_ip": 2}
+    yield from _two_workers(tmp_path, no_rate_limits, limits=limits)
+
+
+def test_open_connections_are_counted_across_workers_and_freed_when_one_dies(
+    capped_pod: MailpodProcess,
+) -> None:
+    pod = capped_pod
+    first, second = _workers(pod)
+    with _stopped(second):
+        held = [Client(pod, "127.0.0.7") for _ in range(2)]
+    assert all(c.banner.startswith("220") for c in held), [c.banner for c in held]
+    with _stopped(first):
+        # The other worker sees the two connections the first one holds.
+        assert _banner(pod, "127.0.0.7").startswith("421 4.7.0 Too many connections"), pod.log()
+        assert _banner(pod, "127.0.0.8").startswith("220")
+    # The worker holding them dies: the kernel closes its connections and the supervisor
+    # forgets its counts, so the client is not locked out by connections that no longer exist.
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not (banner := _banner(pod, "127.0.0.7")).startswith("220"):
+        assert time.monotonic() < deadline, (banner, pod.log())
+        time.sleep(0.1)
+    for client in held:
+        client.close()

@@ -19,6 +19,7 @@ from mailpod.imap import maildir_backend
 from mailpod.imap.backend import MailboxSession
 from mailpod.imap.maildir_backend import MaildirMailboxSession
 from mailpod.imap.server import ImapServer
+from mailpod.ratelimit import ConnectionTable
 from mailpod.state import Snapshot
 from mailpod.storage.maildir import mailbox_dir
 
@@ -47,6 +48,7 @@ class FakeRuntime:
         )
         self._snapshot = Snapshot(config, Directory(config))
         self.failures: list[str] = []
+        self.connections = ConnectionTable(1).worker(0)
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -243,3 +245,31 @@ async def test_literal_limits(server: tuple[ImapServer, asyncio.Server]) -> None
     await client.send(b"b APPEND INBOX {20000+}\r\n")
     assert await client.line() == b"* BYE [TOOBIG] Literal too large\r\n"
     assert await client.line() == b""
+
+
+async def test_connections_per_address_and_per_user_are_limited(
+    server: tuple[ImapServer, asyncio.Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imap, listening = server
+    runtime = imap.runtime
+    assert isinstance(runtime, FakeRuntime)
+    config = runtime.snapshot().config
+    limits = config.limits.model_copy(update={"max_connections_per_ip": 3})
+    runtime._snapshot = Snapshot(config.model_copy(update={"limits": limits}), Directory(config))
+    monkeypatch.setattr("mailpod.imap.server.MAX_CONNECTIONS_PER_USER", 2)
+    first, second = await connect(listening), await connect(listening)
+    third = await connect(listening, login=False)
+    assert (await third.exchange(b"l LOGIN alice@example.com secret"))[-1].startswith(
+        b"l NO [LIMIT] Too many connections for this user"
+    )
+    port = listening.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _clients.append(Client(reader, writer))
+    assert (
+        await reader.readline() == b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+    )
+    assert (await first.exchange(b"o LOGOUT"))[-1].startswith(b"o OK")
+    await first.close()
+    await asyncio.sleep(0.05)  # the server sees the end of the session
+    assert (await third.exchange(b"l LOGIN alice@example.com secret"))[-1].startswith(b"l OK")
+    assert await second.exchange(b"n NOOP") == [b"n OK NOOP completed\r\n"]
