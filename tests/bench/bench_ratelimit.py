@@ -1,6 +1,7 @@
 """The cost of one rate-limit decision (a per-IP and a per-network bucket, as the MX takes one
 at connect and one at MAIL FROM) in the pod-wide shared table, alone and with two processes
-deciding at once; and the bucket-table operation on its own.
+deciding at once; the bucket-table operation on its own; and counting one connection in and out
+of the pod-wide open-connection table.
 
 Run: .venv/bin/python -m tests.bench.bench_ratelimit   (prints figures; no timed assertions)
 """
@@ -11,7 +12,7 @@ import multiprocessing
 import time
 
 from mailpod.config import RateLimit
-from mailpod.ratelimit import BucketTable, ClientLimits
+from mailpod.ratelimit import BucketTable, ClientLimits, ConnectionTable
 
 DECISIONS = 200_000
 LIMIT = RateLimit(count=1_000_000_000, seconds=1)  # never refuses: every call does full work
@@ -55,6 +56,14 @@ def main() -> None:
         table.take(n + 1, 1e9, 1e9, 1.0)
     elapsed = time.perf_counter() - started
     print(f"table take (lock, probe, update, unlock): {elapsed / DECISIONS * 1e6:.2f} µs")
+    connections = ConnectionTable(workers=2).worker(0)
+    started = time.perf_counter()
+    for n in range(DECISIONS):
+        key = f"smtp|{CLIENTS[n % len(CLIENTS)]}"
+        connections.acquire(key, 50)
+        connections.release(key)
+    elapsed = time.perf_counter() - started
+    print(f"open-connection count, acquire + release: {elapsed / DECISIONS * 1e6:.2f} µs")
 
 
 if __name__ == "__main__":
