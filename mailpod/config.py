@@ -168,6 +168,9 @@ class OutboundConfig(Model):
     lifetime_seconds: Annotated[float, Field(gt=0)] = 5 * 86400.0
     retry_initial_seconds: Annotated[float, Field(gt=0)] = 300.0
     retry_max_seconds: Annotated[float, Field(gt=0)] = 4 * 3600.0
+    delay_warning_seconds: Annotated[float, Field(ge=0)] = 4 * 3600.0
+    """A local sender whose message is still being retried after this long gets one "delayed"
+    DSN (RFC 3464) for it, unless NOTIFY excludes DELAY; 0: never."""
     max_connections_per_destination: Annotated[int, Field(ge=1)] = 10
     max_messages_per_connection: Annotated[int, Field(ge=1)] = 100
     max_messages_per_second_per_destination: Annotated[float, Field(ge=0)] = 0.0

@@ -1,5 +1,6 @@
 """Delivery status notifications (RFC 3464): a multipart/report for the sender of a message some
-of whose recipients failed (or, when they asked with NOTIFY=SUCCESS, succeeded).
+of whose recipients failed, are still being retried after a while ("delayed"), or, when they
+asked with NOTIFY=SUCCESS, succeeded.
 
 Only ever built for local senders: the scheduler decides that (QueuedMessage.bounce_to), so a
 forged external sender never receives backscatter. The report carries the original headers
@@ -28,7 +29,16 @@ def _status_code(recipient: QueuedRecipient) -> str:
             return word
     if recipient.status is RcptStatus.DELIVERED:
         return "2.0.0"
+    if recipient.status is RcptStatus.DEFERRED:
+        return "4.0.0"
     return "5.0.0"
+
+
+_ACTIONS = {
+    RcptStatus.FAILED: "failed",
+    RcptStatus.DEFERRED: "delayed",
+    RcptStatus.DELIVERED: "delivered",
+}
 
 
 def _clean(text: str) -> str:
@@ -43,22 +53,32 @@ def build_dsn(
     hostname: str,
     *,
     now: datetime | None = None,
+    retry_until: datetime | None = None,
 ) -> bytes:
+    """The report on `recipients` (all failed/delivered, or all still being retried with
+    `retry_until` the end of the message's lifetime)."""
     now = now or datetime.now(UTC)
     boundary = f"=_{secrets.token_hex(12)}"
-    failed = [r for r in recipients if r.status is RcptStatus.FAILED]
-    subject = "Undelivered Mail Returned to Sender" if failed else "Successful Mail Delivery Report"
-    human = []
+    failed = any(r.status is RcptStatus.FAILED for r in recipients)
+    delayed = any(r.status is RcptStatus.DEFERRED for r in recipients)
+    human = [f"This is the mail system at {hostname}.\r\n\r\n"]
     if failed:
+        subject = "Undelivered Mail Returned to Sender"
         human.append(
-            f"This is the mail system at {hostname}.\r\n\r\n"
             "Your message could not be delivered to one or more recipients.\r\n"
             "It is attached below (headers only unless you asked for the full message).\r\n"
         )
-    else:
+    elif delayed:
+        subject = "Delayed Mail (still being retried)"
+        until = f" until {email.utils.format_datetime(retry_until)}" if retry_until else ""
         human.append(
-            f"This is the mail system at {hostname}.\r\n\r\nYour message was delivered.\r\n"
+            "Your message could not be delivered yet to one or more recipients.\r\n"
+            f"The mail system will keep trying{until}; you do not need to send it again.\r\n"
+            "Its headers are attached below.\r\n"
         )
+    else:
+        subject = "Successful Mail Delivery Report"
+        human.append("Your message was delivered.\r\n")
     for recipient in recipients:
         human.append(
             f"\r\n<{recipient.address}>: {_clean(recipient.reply) or recipient.status}\r\n"
@@ -76,19 +96,21 @@ def build_dsn(
         if recipient.orcpt:
             lines.append(f"Original-Recipient: rfc822; {recipient.orcpt}")
         lines.append(f"Final-Recipient: rfc822; {recipient.address}")
-        lines.append(
-            "Action: " + ("failed" if recipient.status is RcptStatus.FAILED else "delivered")
-        )
+        lines.append(f"Action: {_ACTIONS[recipient.status]}")
         lines.append(f"Status: {_status_code(recipient)}")
         if recipient.remote_mta:
             lines.append(f"Remote-MTA: dns; {_clean(recipient.remote_mta)}")
         if recipient.reply:
             lines.append(f"Diagnostic-Code: smtp; {_clean(recipient.reply)}")
         lines.append(f"Last-Attempt-Date: {email.utils.format_datetime(now)}")
+        if recipient.status is RcptStatus.DEFERRED and retry_until is not None:
+            lines.append(f"Will-Retry-Until: {email.utils.format_datetime(retry_until)}")
         fields.append("\r\n".join(lines))
     header_end = original.find(b"\r\n\r\n")
     headers = original[: header_end + 2] if header_end >= 0 else original
-    full = message.ret == "FULL" and len(original) <= MAX_RETURNED_BYTES
+    # RET=FULL asks for the message back with a failure (RFC 3461 §4.3); a delay warning
+    # carries the headers only, as Postfix's does.
+    full = message.ret == "FULL" and not delayed and len(original) <= MAX_RETURNED_BYTES
     if full:
         returned_type, returned = "message/rfc822", original
     else:

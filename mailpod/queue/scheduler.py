@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from mailpod.config import OutboundConfig
@@ -364,6 +365,7 @@ class QueueRunner:
         now = self.clock()
         config = self.config()
         durable = False
+        delayed: list[QueuedRecipient] = []
         for index, text in zip(job.indexes, replies, strict=True):
             recipient = message.recipients[index]
             recipient.reply = text
@@ -398,6 +400,10 @@ class QueueRunner:
                     delay *= 0.75 + 0.5 * self.rng()  # jitter: retries of a burst spread out
                     recipient.next_attempt = min(now + delay, expires)
                     self.deferred += 1
+                    if self._warn_of_delay(message, recipient, now, config.delay_warning_seconds):
+                        recipient.delay_notified = True
+                        durable = True  # one warning, even across a restart
+                        delayed.append(recipient)
             QUEUE_ATTEMPTS.labels(result=result).inc()
             log.info(
                 "delivery",
@@ -420,6 +426,9 @@ class QueueRunner:
         # The outcome is on disk before anything else happens on this connection.
         await self._io(lambda: self.store.record_many(message, job.indexes, durable))
         self._release(job)
+        if delayed:
+            until = datetime.fromtimestamp(message.created + config.lifetime_seconds, UTC)
+            await self._send_dsn(message, delayed, retry_until=until)
         if message.done:
             await self._finish(message)
         else:
@@ -445,6 +454,19 @@ class QueueRunner:
             or (r.status is RcptStatus.DELIVERED and r.wants(Notify.SUCCESS))
         ]
 
+    def _warn_of_delay(
+        self, message: QueuedMessage, recipient: QueuedRecipient, now: float, after: float
+    ) -> bool:
+        """Whether this deferral is the one that tells the sender the message is late."""
+        return (
+            after > 0
+            and now - message.created >= after
+            and not recipient.delay_notified
+            and recipient.wants(Notify.DELAY)
+            and bool(message.bounce_to)
+            and self.local_deliver is not None
+        )
+
     async def _finish(self, message: QueuedMessage) -> None:
         if self.in_flight.get(message.id):
             return  # the last job in flight finishes it
@@ -452,16 +474,32 @@ class QueueRunner:
             return
         del self.messages[message.id]
         notices = self._notices(message)
-        if notices and self.local_deliver is not None:
-            try:
-                original = await self._io(lambda: self.store.body(message.id))
-                dsn = build_dsn(message, original, notices, self.hostname)
-                await self.local_deliver(message.bounce_to, dsn)
-                QUEUE_DSNS.inc()
-                log.info(
-                    "dsn sent",
-                    extra={"queue_id": message.id, "recipient": message.bounce_to},
-                )
-            except Exception:
-                log.exception("queue: DSN not delivered", extra={"queue_id": message.id})
+        if notices:
+            await self._send_dsn(message, notices)
         await self._io(lambda: self.store.remove(message.id))
+
+    async def _send_dsn(
+        self,
+        message: QueuedMessage,
+        recipients: list[QueuedRecipient],
+        retry_until: datetime | None = None,
+    ) -> None:
+        """Put a DSN about `recipients` in the local sender's mailbox; a failure is logged (the
+        message's own fate does not depend on it)."""
+        if self.local_deliver is None or not message.bounce_to:
+            return
+        try:
+            original = await self._io(lambda: self.store.body(message.id))
+            dsn = build_dsn(message, original, recipients, self.hostname, retry_until=retry_until)
+            await self.local_deliver(message.bounce_to, dsn)
+            QUEUE_DSNS.inc()
+            log.info(
+                "dsn sent",
+                extra={
+                    "queue_id": message.id,
+                    "recipient": message.bounce_to,
+                    "action": "delayed" if retry_until else "final",
+                },
+            )
+        except Exception:
+            log.exception("queue: DSN not delivered", extra={"queue_id": message.id})

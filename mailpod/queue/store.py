@@ -81,12 +81,14 @@ class QueuedRecipient:
     reply: str = ""
     """The last reply (or local reason) that decided this recipient's status."""
     remote_mta: str = ""
+    delay_notified: bool = False
+    """The sender has had its "delayed" DSN for this recipient (one per recipient)."""
 
     def wants(self, kind: Notify) -> bool:
         if Notify.NEVER.value in self.notify:
             return False
-        if not self.notify:  # RFC 3461 §4.1: the default is failure notices (and maybe delay)
-            return kind is Notify.FAILURE
+        if not self.notify:  # RFC 3461 §4.1 leaves it to us: FAILURE,DELAY, as Postfix does
+            return kind in (Notify.FAILURE, Notify.DELAY)
         return kind.value in self.notify
 
 
@@ -256,6 +258,7 @@ class QueueStore:
                     "n": r.next_attempt,
                     "r": r.reply,
                     "m": r.remote_mta,
+                    **({"w": 1} if r.delay_notified else {}),
                 }
             )
         self._append(message.id, entries, durable)
@@ -370,6 +373,7 @@ def _apply(message: QueuedMessage, entry: dict[str, Any]) -> None:
         recipient.next_attempt = float(entry.get("n", 0.0))
         recipient.reply = str(entry.get("r", ""))
         recipient.remote_mta = str(entry.get("m", ""))
+        recipient.delay_notified = recipient.delay_notified or bool(entry.get("w"))
 
 
 class RunnerLock:

@@ -404,6 +404,41 @@ async def test_expiry_turns_a_deferral_into_a_bounce(
     assert b"Action: failed" in dsn
 
 
+async def test_a_message_still_deferred_after_the_warning_time_tells_the_sender_once(
+    harness: Harness, sinks: dict[str, SmtpSink]
+) -> None:
+    start_sink(sinks, SOFT, "-r", "rcpt")  # every RCPT gets 450
+    harness.runner.config = lambda: outbound_config(
+        delay_warning_seconds=0.5, retry_initial_seconds=0.3, retry_max_seconds=0.3
+    )
+    slow = harness.enqueue([f"slow@{SOFT}"], subject="slow one")
+    quiet = harness.enqueue([f"quiet@{SOFT}"], notify=("FAILURE",))  # asked for no warning
+    external = harness.enqueue([f"fwd@{SOFT}"], bounce_to="")  # forwarded: never backscatter
+
+    def attempts(queue_id: str) -> int:
+        message = harness.store.load(queue_id)
+        return 0 if message is None else message.recipients[0].attempts
+
+    deadline = time.monotonic() + 20
+    # Several deferrals past the warning time for every message.
+    while min(attempts(q) for q in (slow, quiet, external)) < 5:
+        assert time.monotonic() < deadline, [attempts(q) for q in (slow, quiet, external)]
+        await asyncio.sleep(0.1)
+    [(address, dsn)] = harness.bounces
+    assert address == "alice@example.com"
+    text = dsn.decode()
+    assert "Subject: Delayed Mail (still being retried)" in text
+    assert f"Final-Recipient: rfc822; slow@{SOFT}" in text
+    assert "Action: delayed" in text
+    assert "Status: 4." in text
+    assert "Will-Retry-Until: " in text
+    assert "Subject: slow one" in text
+    message = harness.store.load(slow)
+    assert message is not None
+    assert message.recipients[0].status is RcptStatus.DEFERRED  # still being retried
+    assert message.recipients[0].delay_notified
+
+
 async def test_falls_back_to_the_next_mx_and_to_the_implicit_mx(
     harness: Harness, sinks: dict[str, SmtpSink]
 ) -> None:

@@ -69,3 +69,22 @@ def test_ret_hdrs_returns_only_the_headers() -> None:
     assert b"text/rfc822-headers" in dsn
     assert b"Subject: report me" in dsn
     assert b"secret body" not in dsn
+
+
+def test_a_delay_warning_says_when_retries_end_and_returns_only_the_headers() -> None:
+    message = _message(ret="FULL")
+    message.recipients[0].status = RcptStatus.DEFERRED
+    message.recipients[0].reply = "451 4.3.0 Try again later"
+    until = datetime(2026, 1, 5, tzinfo=UTC)
+    dsn = build_dsn(message, ORIGINAL, message.recipients, "mail.example.com", retry_until=until)
+    parsed = email.message_from_bytes(dsn, policy=email.policy.default)
+    assert parsed["Subject"] == "Delayed Mail (still being retried)"
+    kinds = [part.get_content_type() for part in parsed.iter_parts()]
+    assert kinds == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    text = dsn.decode()
+    assert "Action: delayed" in text
+    assert "Status: 4.3.0" in text
+    assert "Will-Retry-Until: Mon, 05 Jan 2026 00:00:00 +0000" in text
+    assert "keep trying until Mon, 05 Jan 2026" in text
+    assert "Subject: report me" in text
+    assert "secret body" not in text  # RET=FULL is for failures only

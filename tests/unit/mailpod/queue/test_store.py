@@ -73,6 +73,20 @@ def test_the_journal_replays_outcomes_and_skips_a_torn_last_line(tmp_path: Path)
     assert loaded.pending == [1]
 
 
+def test_a_delay_warning_once_sent_stays_sent(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    message = _message("a@remote.example")
+    store.enqueue(message, [b"x"])
+    message.recipients[0].status = RcptStatus.DEFERRED
+    message.recipients[0].delay_notified = True
+    store.record_many(message, [0], durable=True)
+    message.recipients[0].delay_notified = False  # a later deferral written by an older pod
+    store.record_many(message, [0], durable=False)
+    loaded = store.load(message.id)
+    assert loaded is not None
+    assert loaded.recipients[0].delay_notified
+
+
 def test_a_final_outcome_is_never_undone(tmp_path: Path) -> None:
     store = QueueStore(tmp_path)
     message = _message("a@remote.example")
@@ -134,9 +148,10 @@ def test_recover_removes_only_old_orphans(tmp_path: Path) -> None:
     assert store.ids() == [kept.id]
 
 
-def test_notify_defaults_to_failures_only() -> None:
+def test_notify_defaults_to_failures_and_delays() -> None:
     default = QueuedRecipient("a@x.example")
     assert default.wants(Notify.FAILURE) and not default.wants(Notify.SUCCESS)
+    assert default.wants(Notify.DELAY)
     never = QueuedRecipient("a@x.example", notify=("NEVER",))
     assert not never.wants(Notify.FAILURE)
     both = QueuedRecipient("a@x.example", notify=("FAILURE", "SUCCESS"))
