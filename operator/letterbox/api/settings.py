@@ -17,8 +17,17 @@ import yaml
 from pydantic import Field
 
 from letterbox import __version__
-from letterbox.api.maildomain import HostPort
-from letterbox.api.meta import GROUP, ApiModel, DnsLabel, Matches, ObjectName, Quantity, Rule
+from letterbox.api.maildomain import HostPort, SecretKeyRef
+from letterbox.api.meta import (
+    GROUP,
+    ApiModel,
+    DnsLabel,
+    DomainName,
+    Matches,
+    ObjectName,
+    Quantity,
+    Rule,
+)
 
 # A resource quantity as Kubernetes writes them: cpu in cores or millicores, memory in bytes.
 KubeQuantity = Annotated[
@@ -263,6 +272,40 @@ class AcmeSettings(ApiModel):
     """How long to wait for those servers before the attempt counts as failed."""
 
 
+class RelaySettings(ApiModel):
+    """A smarthost the mail pods hand remote mail to, for clusters whose outbound port 25 is
+    blocked. TLS is always required (implicit on 465, STARTTLS otherwise) and the relay's
+    certificate is verified."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "has(self.username) == has(self.passwordSecretRef)",
+            "username and passwordSecretRef go together (the relay login)",
+            lambda r: (r.username is None) == (r.password_secret_ref is None),
+        ),
+    )
+
+    host: DomainName
+    """The relay's host name (its certificate must name it)."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    """465 means implicit TLS; any other port (587, 2587, 2525) STARTTLS."""
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The login at the relay (AUTH PLAIN or LOGIN, only ever over TLS)."""
+    password_secret_ref: SecretKeyRef | None = None
+    """The Secret key in the mail namespace holding the relay password. Mounted into the pods
+    and read at each connection, so a changed password needs no restart; never in the config."""
+    domains: Annotated[tuple[DomainName, ...], Field(max_length=100)] = ()
+    """Recipient domains routed through this relay; empty: every remote domain."""
+
+
+class OutboundSettings(ApiModel):
+    """Mail leaving the pods for other servers."""
+
+    relays: Annotated[tuple[RelaySettings, ...], Field(max_length=16)] = ()
+    """Smarthosts. A recipient goes through the relay that lists its domain, else through the
+    first relay that lists none; empty: straight to each domain's MX on port 25."""
+
+
 class OperatorSettings(ApiModel):
     """Settings for the whole install; the chart's values, with defaults for an empty file."""
 
@@ -298,6 +341,7 @@ class OperatorSettings(ApiModel):
     kopf: KopfSettings = Field(default_factory=KopfSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
 
 
 def load_settings(text: str | None, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -94,9 +94,9 @@ from letterbox.render.workload import (
     pod_listeners,
     pod_storage,
     pod_tls,
-    pod_trusted_proxies,
     render_dkim_keys_secret,
     render_workload,
+    with_install_settings,
     workload_owners,
 )
 from mailpod import config as pod
@@ -1165,8 +1165,7 @@ class NamespaceReconciler:
                 purged_mailboxes=purged,
             ),
         )
-        # A copy with one field set, not a dump and re-validation of 10,000 mailboxes.
-        config = config.model_copy(update={"trusted_proxies": pod_trusted_proxies(settings)})
+        config = with_install_settings(config, settings)
         live_settings = snapshot.secrets.get(settings_secret_name(settings.name))
         owners = workload_owners(decisions.domains)
         ingress = render_web_ingress(settings, [d.spec for d in decisions.domains], owners=owners)

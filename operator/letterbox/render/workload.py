@@ -38,6 +38,7 @@ CONFIG_DIR = PurePosixPath("/etc/mailpod/config")
 SHARDS_DIR = PurePosixPath("/etc/mailpod/shards")
 TLS_DIR = PurePosixPath("/etc/mailpod/tls")
 DKIM_DIR = PurePosixPath("/etc/mailpod/dkim")
+RELAYS_DIR = PurePosixPath("/etc/mailpod/relays")
 DATA_DIR = PurePosixPath("/var/lib/mailpod")
 TMP_DIR = PurePosixPath("/tmp")  # noqa: S108 (an emptyDir of the pod's own, not a shared /tmp)
 
@@ -115,6 +116,41 @@ def pod_trusted_proxies(settings: OperatorSettings) -> tuple[pod.IpNetwork, ...]
     if settings.service.client_address is ClientAddressMode.PROXY_PROTOCOL:
         return settings.service.trusted_proxies
     return ()
+
+
+def relay_password_path(index: int) -> PurePosixPath:
+    return RELAYS_DIR / f"relay-{index}"
+
+
+def pod_outbound(settings: OperatorSettings) -> pod.OutboundConfig:
+    """The queue's settings: the relays, each password as the file the relays volume mounts."""
+    return pod.OutboundConfig(
+        relays=tuple(
+            pod.RelayHost(
+                host=relay.host,
+                port=relay.port,
+                username=relay.username,
+                password_file=Path(relay_password_path(index))
+                if relay.password_secret_ref
+                else None,
+                domains=relay.domains,
+            )
+            for index, relay in enumerate(settings.outbound.relays)
+        )
+    )
+
+
+def with_install_settings(
+    config: pod.MailpodConfig, settings: OperatorSettings
+) -> pod.MailpodConfig:
+    """The pod config with what the install-wide settings decide (trusted proxies, outbound):
+    a copy with those fields set, not a dump and re-validation of 10,000 mailboxes."""
+    return config.model_copy(
+        update={
+            "trusted_proxies": pod_trusted_proxies(settings),
+            "outbound": pod_outbound(settings),
+        }
+    )
 
 
 def pod_storage() -> pod.Storage:
@@ -274,6 +310,31 @@ def _volumes(
         # readOnlyRootFilesystem: scratch space (the metrics of the worker processes) lives here.
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
     ]
+    relay_passwords = [
+        {
+            "secret": {
+                "name": relay.password_secret_ref.name,
+                "items": [
+                    {
+                        "key": relay.password_secret_ref.key,
+                        "path": relay_password_path(index).name,
+                    }
+                ],
+                # A missing Secret must not keep the pod from starting: delivery through that
+                # relay waits (and says why in the queue) until it exists.
+                "optional": True,
+            }
+        }
+        for index, relay in enumerate(settings.outbound.relays)
+        if relay.password_secret_ref is not None
+    ]
+    if relay_passwords:
+        volumes.append(
+            {
+                "name": "relays",
+                "projected": {"defaultMode": SECRET_MODE, "sources": relay_passwords},
+            }
+        )
     mounts: list[dict[str, Any]] = [
         {"name": "data", "mountPath": str(DATA_DIR)},
         {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
@@ -282,6 +343,8 @@ def _volumes(
         {"name": "dkim", "mountPath": str(DKIM_DIR), "readOnly": True},
         {"name": "tmp", "mountPath": str(TMP_DIR)},
     ]
+    if relay_passwords:
+        mounts.append({"name": "relays", "mountPath": str(RELAYS_DIR), "readOnly": True})
     return volumes, mounts
 
 
@@ -553,7 +616,11 @@ def render_network_policy(settings: OperatorSettings) -> dict[str, Any] | None:
                 # Anywhere: cluster DNS, or whatever resolver the node or pod is given (a
                 # validating resolver for DNSSEC/DANE may live outside the cluster).
                 {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                {"ports": _tcp(25, 465, 587)},
+                {
+                    "ports": _tcp(
+                        *sorted({25, 465, 587, *(r.port for r in settings.outbound.relays)})
+                    )
+                },
                 {"ports": _tcp(443)},
                 {
                     "to": [{"ipBlock": {"cidr": str(net)}} for net in policy.api_server_cidrs],

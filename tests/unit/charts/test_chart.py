@@ -58,8 +58,21 @@ def test_every_manifest_is_valid_kubernetes(values: dict[str, Any]) -> None:
 
 
 def test_settings_are_what_the_operator_loads() -> None:
+    relay = {
+        "host": "smtp.relay.example",
+        "port": 2525,
+        "username": "letterbox",
+        "passwordSecretRef": {"name": "relay-login", "key": "password"},
+    }
     manifests = template(
-        {"image": {"tag": "1.2.3"}, "mail": {"replicas": 3, "storage": {"size": "50Gi"}}},
+        {
+            "image": {"tag": "1.2.3"},
+            "mail": {
+                "replicas": 3,
+                "storage": {"size": "50Gi"},
+                "outbound": {"relays": [relay]},
+            },
+        },
         namespace="mail",
     )
     text = find(manifests, "ConfigMap", "letterbox-settings")["data"]["settings.yaml"]
@@ -67,6 +80,10 @@ def test_settings_are_what_the_operator_loads() -> None:
     assert settings.namespace == "mail"  # the release namespace, written out
     assert settings.replicas == 3
     assert settings.storage.size == "50Gi"
+    [loaded] = settings.outbound.relays
+    assert (loaded.host, loaded.port, loaded.username) == ("smtp.relay.example", 2525, "letterbox")
+    assert loaded.password_secret_ref is not None
+    assert loaded.password_secret_ref.name == "relay-login"
     # The mail pods run the operator's image unless told otherwise.
     assert settings.image.reference == "ghcr.io/letterbox/letterbox:1.2.3"
 
@@ -90,6 +107,7 @@ def test_settings_are_what_the_operator_loads() -> None:
         ({"mail": {"service": {"clientAddress": "Proxy"}}}, "clientAddress"),
         ({"operator": {"replicas": 2}}, "maximum"),
         ({"image": {"digest": "sha256:abc"}}, "digest"),
+        ({"mail": {"outbound": {"relays": [{"host": "relay.example", "user": "x"}]}}}, "user"),
     ],
 )
 def test_values_schema_rejects_what_the_operator_would(

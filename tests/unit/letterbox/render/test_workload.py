@@ -46,11 +46,13 @@ from letterbox.render.workload import (
     render_public_service,
     render_statefulset,
     render_workload,
+    with_install_settings,
     workload_owners,
 )
 from mailpod import config as pod
 from mailpod.cli import build_parser
 from mailpod.config import load_config
+from mailpod.outbound.deliver import route_for
 from tests.conftest import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -139,7 +141,7 @@ def _example_config(settings: OperatorSettings) -> pod.MailpodConfig:
             dkim_keys=[(key, dkim_key_path(key.domain, key.selector))],
         ),
     )
-    return config.model_copy(update={"trusted_proxies": pod_trusted_proxies(settings)})
+    return with_install_settings(config, settings)
 
 
 def _big_config(
@@ -608,3 +610,56 @@ def test_pod_config_never_purges_a_configured_mailbox() -> None:
         ),
     )
     assert [p.address for p in config.purged_mailboxes] == ["gone@example.com"]
+
+
+RELAY_SETTINGS = OperatorSettings.model_validate(
+    {
+        "outbound": {
+            "relays": [
+                {
+                    "host": "smtp.relay.example",
+                    "port": 2525,
+                    "username": "letterbox",
+                    "passwordSecretRef": {"name": "relay-login", "key": "password"},
+                    "domains": ["gmail.com"],
+                },
+                {"host": "all.relay.example", "port": 465},
+            ]
+        }
+    }
+)
+
+
+def test_relays_reach_the_pod_config_and_their_passwords_are_mounted_where_it_reads_them() -> None:
+    config = _example_config(RELAY_SETTINGS)
+    assert route_for(config.outbound, "gmail.com").relay == config.outbound.relays[0]
+    assert route_for(config.outbound, "other.example").relay == config.outbound.relays[1]
+    first, second = config.outbound.relays
+    assert (first.host, first.port, first.username) == ("smtp.relay.example", 2525, "letterbox")
+    assert second.username is None and second.password_file is None
+    spec = _statefulset(RELAY_SETTINGS, config)["spec"]["template"]["spec"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "relays"]
+    [source] = volume["projected"]["sources"]
+    assert source["secret"]["name"] == "relay-login"
+    assert source["secret"]["optional"] is True  # a missing Secret does not block the pod
+    [item] = source["secret"]["items"]
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "relays"]
+    assert first.password_file == Path(mount["mountPath"]) / item["path"]
+    assert item["key"] == "password" and mount["readOnly"] is True
+    # The NetworkPolicy lets the pods reach a relay on a port of its own.
+    policy = render_network_policy(RELAY_SETTINGS)
+    assert policy is not None
+    assert {"protocol": "TCP", "port": 2525} in policy["spec"]["egress"][1]["ports"]
+    # Without relay passwords there is no extra volume (and so no restart for it).
+    plain = _statefulset(OperatorSettings(), _example_config(OperatorSettings()))
+    assert "relays" not in {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]}
+    import kubernetes_validate
+
+    for obj in render_workload(RELAY_SETTINGS, config):
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_a_relay_login_needs_both_the_username_and_the_password() -> None:
+    relay = {"host": "smtp.relay.example", "username": "letterbox"}
+    with pytest.raises(ValidationError, match="username and passwordSecretRef go together"):
+        OperatorSettings.model_validate({"outbound": {"relays": [relay]}})
