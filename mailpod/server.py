@@ -154,8 +154,12 @@ class PodRuntime:
         metrics.AUTH_FAILURES.labels(mechanism=mechanism, reason=reason).inc()
 
     def check_remote_accepted(self, address: str) -> None:
-        # Only ever reached for authenticated senders and alias expansions (never a relay).
+        # Only ever reached for authenticated senders, alias expansions and reversed SRS
+        # addresses (never a relay).
         self.outbound.check_accepted(address)
+
+    def reverse_srs(self, address: str) -> str | None:
+        return self.outbound.reverse_srs(address)
 
     async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool:
         return await self.storage.over_quota(mailbox, quota_bytes, incoming)

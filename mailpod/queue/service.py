@@ -67,6 +67,19 @@ class OutboundService:
             self._srs = (config.outbound, SrsRewriter.from_config(config.outbound))
         return self._srs[1]
 
+    def reverse_srs(self, address: str) -> str | None:
+        """Where mail to `address` goes if it is a valid SRS address of ours (a bounce of
+        forwarded mail coming back); None if it is not one."""
+        if not SrsRewriter.is_srs(address):
+            return None
+        rewriter = self._rewriter(self.config())
+        if rewriter is None:
+            return None
+        try:
+            return rewriter.reverse(address)
+        except SrsError:
+            return None
+
     def build(
         self,
         envelope: Envelope,

@@ -73,6 +73,12 @@ class MailSession(Session):
 TLS_HANDSHAKE_SECONDS = 30.0
 
 
+def _reverse_path(address: str | None) -> str:
+    """The envelope sender as the rest of the pod sees it: "" for the null sender, which
+    aiosmtpd keeps as "<>" (its envelope needs a true value to know MAIL was given)."""
+    return "" if address in (None, "<>") else str(address)
+
+
 class MailSMTP(SMTP):
     """aiosmtpd's protocol with our envelope and session types, counting connections."""
 
@@ -446,7 +452,7 @@ class SmtpHandler:
                     raise NOT_YOURS
             elif isinstance(envelope, MailEnvelope):
                 envelope.inbound = await self.runtime.inbound.mail(
-                    self.client_ip(session), session.host_name or "", address
+                    self.client_ip(session), session.host_name or "", _reverse_path(address)
                 )
         except SmtpError as error:
             self._log_reject(session, "MAIL", address, error)
@@ -494,6 +500,12 @@ class SmtpHandler:
                 raise SmtpError(550, "5.7.1", "Relaying denied", f"remote rcpt {address}")
             self.runtime.check_remote_accepted(address)
             envelope.remote.append(_remote(address, address, options))
+            return
+        original = self.runtime.reverse_srs(address)
+        if original is not None:
+            # A bounce of mail we forwarded: it goes back to whoever sent the original.
+            self.runtime.check_remote_accepted(original)
+            envelope.remote.append(_remote(original, address, options))
             return
         resolution = directory.resolve(address)
         if not resolution.found:
@@ -595,7 +607,7 @@ class SmtpHandler:
             session_id=session.id,
             client_ip=self.client_ip(session),
             helo=session.host_name or "",
-            mail_from=envelope.mail_from or "",
+            mail_from=_reverse_path(envelope.mail_from),
             authenticated_user=self._user(session),
             received_at=datetime.now(UTC),
             smtputf8="SMTPUTF8" in (o.upper() for o in envelope.mail_options),

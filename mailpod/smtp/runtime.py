@@ -42,6 +42,9 @@ class SmtpRuntime(Protocol):
     def check_remote_accepted(self, address: str) -> None:
         """Raise SmtpError unless the outbound queue can take mail for `address`."""
 
+    def reverse_srs(self, address: str) -> str | None:
+        """The original address behind one of our valid SRS addresses, else None."""
+
     async def over_quota(self, mailbox: str, quota_bytes: int, incoming: int) -> bool: ...
 
     async def deliver(

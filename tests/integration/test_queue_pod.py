@@ -164,6 +164,32 @@ def test_an_alias_forwards_outside_with_srs_and_never_bounces_to_the_external_se
     assert any(b"Subject: forwarded" in m for m in pod.messages("bob@example.com"))
 
 
+def test_a_bounce_to_an_srs_address_goes_back_to_the_original_sender(
+    pod: MailpodProcess, far: SmtpSink
+) -> None:
+    origin = f"origin@{FAR}"
+    client = smtplib.SMTP("127.0.0.1", pod.ports["smtp"], timeout=10)
+    client.sendmail(origin, ["fwd@example.com"], b"From: <x>\r\nSubject: bounce me\r\n\r\nhi\r\n")
+    client.quit()
+    _wait(lambda: _written(far))
+    [forwarded] = far.dumps()
+    srs = forwarded.mail_from
+    assert srs.startswith("SRS0=") and srs.endswith("@example.com")
+    # The next hop cannot deliver it and bounces to the SRS address, as a real MTA would.
+    client = smtplib.SMTP("127.0.0.1", pod.ports["smtp"], timeout=10)
+    client.ehlo("mx.far.queuepod.test")
+    client.mail("")
+    forged = srs.replace("SRS0=", "SRS0=x", 1)  # a hash we did not make
+    assert client.rcpt(forged)[0] == 550
+    assert client.rcpt(srs)[0] == 250
+    client.data(b"From: MAILER-DAEMON\r\nSubject: Undelivered Mail\r\n\r\nbounced\r\n")
+    client.quit()
+    _wait(lambda: len(far.dumps()) == 2 and _written(far))
+    [bounce] = [d for d in far.dumps() if d.rcpts == [origin]]
+    assert bounce.mail_from == ""  # still a bounce: no loops
+    assert b"Subject: Undelivered Mail" in bounce.data
+
+
 def test_notify_success_on_submission_puts_a_dsn_in_the_senders_inbox(
     pod: MailpodProcess, far: SmtpSink
 ) -> None:

@@ -52,6 +52,15 @@ def test_delivery_writes_headers_and_is_durable_before_250(mailpod: MailpodProce
     assert stored[0].endswith(MESSAGE)
 
 
+def test_a_bounce_keeps_the_null_reverse_path(mailpod: MailpodProcess) -> None:
+    client = _smtp(mailpod)
+    bounce = b"From: MAILER-DAEMON@remote.test\r\nSubject: null sender\r\n\r\nreport\r\n"
+    assert client.sendmail("", ["alice@example.com"], bounce) == {}
+    client.quit()
+    [stored] = [m for m in mailpod.messages("alice@example.com") if b"Subject: null sender" in m]
+    assert stored.startswith(b"Return-Path: <>\r\n")
+
+
 @pytest.mark.parametrize(
     ("rcpt", "mailbox"),
     [
