@@ -64,7 +64,13 @@ class OutboundService:
 
     def _rewriter(self, config: MailpodConfig) -> SrsRewriter | None:
         if self._srs[0] is not config.outbound:
-            self._srs = (config.outbound, SrsRewriter.from_config(config.outbound))
+            try:
+                self._srs = (config.outbound, SrsRewriter.from_config(config.outbound))
+            except OSError as error:
+                # A key Secret the kubelet has not put in place yet: forward unrewritten for
+                # now (not remembered, so the next message tries again).
+                log.warning("srs key not readable: %s", error.strerror)
+                return None
         return self._srs[1]
 
     def reverse_srs(self, address: str) -> str | None:

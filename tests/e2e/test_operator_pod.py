@@ -552,6 +552,16 @@ def test_mail_flows_through_a_pod_started_from_the_rendered_template(
             "the API config", lambda: len(pod.config_from_api()) == pod.workers(), 20, pod.log()
         )
 
+        # SRS for forwarded mail: the operator generated the key before naming it in the config,
+        # and the pod has it where the config says.
+        srs_key = secret_text(admin, NAMESPACE, "mailpod-srs", "srs.key")
+        assert len(srs_key) >= 40
+        settings = admin.get("v1", "Secret", "mailpod-config", NAMESPACE)
+        outbound = json.loads(base64.b64decode(settings["data"]["config.json"]))["outbound"]
+        assert outbound["srs_domain"] == "example.com"
+        assert outbound["srs_secret_files"] == ["/etc/mailpod/srs/srs.key"]
+        assert (pod.root / "volumes" / "srs" / "srs.key").read_text() == srs_key
+
         # Least privilege, as the pod: its config Secrets, nothing else.
         token = (pod.root / "volumes" / "kube-api-access" / "token").read_text()
         base = f"/api/v1/namespaces/{NAMESPACE}/secrets"

@@ -298,12 +298,25 @@ class RelaySettings(ApiModel):
     """Recipient domains routed through this relay; empty: every remote domain."""
 
 
+class SrsSettings(ApiModel):
+    """The Sender Rewriting Scheme for mail Aliases forward to outside addresses."""
+
+    enabled: bool = True
+    """Rewrite the envelope sender of forwarded mail into our domain (SRS0=…), so it passes
+    SPF at the next hop; bounces to the rewritten address come back and are passed on to the
+    original sender. The HMAC key is generated once into the Secret `<name>-srs`."""
+    domain: DomainName | None = None
+    """The domain rewritten senders are in; it must be one of your MailDomains (the bounces
+    come to its MX). Default: the oldest MailDomain."""
+
+
 class OutboundSettings(ApiModel):
     """Mail leaving the pods for other servers."""
 
     relays: Annotated[tuple[RelaySettings, ...], Field(max_length=16)] = ()
     """Smarthosts. A recipient goes through the relay that lists its domain, else through the
     first relay that lists none; empty: straight to each domain's MX on port 25."""
+    srs: SrsSettings = Field(default_factory=SrsSettings)
 
 
 class OperatorSettings(ApiModel):

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from secrets import token_urlsafe
 from typing import Any
 
 from letterbox.api.dkimkey import ROTATE_ANNOTATION, DKIMKey, KeyPhase
@@ -89,6 +90,7 @@ from letterbox.render.podconfig_secrets import (
 )
 from letterbox.render.secrets import credentials_secret_name, dkim_secret, dkim_secret_name
 from letterbox.render.workload import (
+    SRS_KEY,
     WorkloadNames,
     dkim_key_path,
     pod_listeners,
@@ -96,6 +98,7 @@ from letterbox.render.workload import (
     pod_tls,
     render_dkim_keys_secret,
     render_workload,
+    srs_secret_labels,
     with_install_settings,
     workload_owners,
 )
@@ -1120,6 +1123,7 @@ class NamespaceReconciler:
         snapshot: Snapshot,
         purged: tuple[pod.PurgedMailbox, ...],
         work: Mapping[str, KeyWork],
+        srs_domain: str | None = None,
     ) -> list[dict[str, Any]]:
         settings = self.settings
         if not decisions.domains:
@@ -1165,7 +1169,7 @@ class NamespaceReconciler:
                 purged_mailboxes=purged,
             ),
         )
-        config = with_install_settings(config, settings)
+        config = with_install_settings(config, settings, srs_domain)
         live_settings = snapshot.secrets.get(settings_secret_name(settings.name))
         owners = workload_owners(decisions.domains)
         ingress = render_web_ingress(settings, [d.spec for d in decisions.domains], owners=owners)
@@ -1183,6 +1187,24 @@ class NamespaceReconciler:
             ),
         ]
 
+    async def _srs_domain(self, snapshot: Snapshot, decisions: Decisions) -> str | None:
+        """The domain forwarded mail's senders are rewritten into, once the SRS key exists
+        (generated once into its Secret, never replaced while the Secret holds one); None while
+        SRS is off or there is no domain."""
+        srs = self.settings.outbound.srs
+        if not srs.enabled or not decisions.domains:
+            return None
+        name = WorkloadNames.of(self.settings).srs_secret
+        if snapshot.secrets.get(name) is None:
+            await self.kube.ensure_secret(
+                name,
+                self.namespace,
+                {SRS_KEY: token_urlsafe(32)},
+                labels=srs_secret_labels(self.settings),
+            )
+            log.info("generated the SRS key into Secret %s", name)
+        return srs.domain or decisions.domains[0].spec.domain
+
     async def _apply(
         self,
         snapshot: Snapshot,
@@ -1191,7 +1213,10 @@ class NamespaceReconciler:
         purged: tuple[pod.PurgedMailbox, ...],
         work: Mapping[str, KeyWork],
     ) -> ApplyOutcome:
-        objects = await asyncio.to_thread(self._render, decisions, hashes, snapshot, purged, work)
+        srs_domain = await self._srs_domain(snapshot, decisions)
+        objects = await asyncio.to_thread(
+            self._render, decisions, hashes, snapshot, purged, work, srs_domain
+        )
         if not objects:
             self._applied.clear()
             return ApplyOutcome()

@@ -39,6 +39,8 @@ SHARDS_DIR = PurePosixPath("/etc/mailpod/shards")
 TLS_DIR = PurePosixPath("/etc/mailpod/tls")
 DKIM_DIR = PurePosixPath("/etc/mailpod/dkim")
 RELAYS_DIR = PurePosixPath("/etc/mailpod/relays")
+SRS_DIR = PurePosixPath("/etc/mailpod/srs")
+SRS_KEY = "srs.key"
 DATA_DIR = PurePosixPath("/var/lib/mailpod")
 TMP_DIR = PurePosixPath("/tmp")  # noqa: S108 (an emptyDir of the pod's own, not a shared /tmp)
 
@@ -73,6 +75,8 @@ class WorkloadNames:
     """Written by cert-manager (a Certificate rendered elsewhere must use this name)."""
     dkim_secret: str
     """Every signing key the pods use, one file each (`render_dkim_keys_secret`)."""
+    srs_secret: str
+    """The SRS HMAC key, generated once by the reconciler."""
 
     @classmethod
     def of(cls, settings: OperatorSettings) -> WorkloadNames:
@@ -88,6 +92,7 @@ class WorkloadNames:
             role_binding=f"{name}-config-reader",
             tls_secret=f"{name}-tls",
             dkim_secret=f"{name}-dkim",
+            srs_secret=f"{name}-srs",
         )
 
 
@@ -122,9 +127,12 @@ def relay_password_path(index: int) -> PurePosixPath:
     return RELAYS_DIR / f"relay-{index}"
 
 
-def pod_outbound(settings: OperatorSettings) -> pod.OutboundConfig:
-    """The queue's settings: the relays, each password as the file the relays volume mounts."""
+def pod_outbound(settings: OperatorSettings, srs_domain: str | None) -> pod.OutboundConfig:
+    """The queue's settings: the relays, each password as the file the relays volume mounts,
+    and SRS in `srs_domain` (None: off) with the key the srs volume mounts."""
     return pod.OutboundConfig(
+        srs_domain=srs_domain,
+        srs_secret_files=(Path(SRS_DIR / SRS_KEY),) if srs_domain else (),
         relays=tuple(
             pod.RelayHost(
                 host=relay.host,
@@ -136,19 +144,25 @@ def pod_outbound(settings: OperatorSettings) -> pod.OutboundConfig:
                 domains=relay.domains,
             )
             for index, relay in enumerate(settings.outbound.relays)
-        )
+        ),
     )
 
 
+def srs_secret_labels(settings: OperatorSettings) -> dict[str, str]:
+    """The labels of the SRS key Secret the reconciler creates (those of the workload)."""
+    labels: dict[str, str] = _metadata(settings, WorkloadNames.of(settings).srs_secret)["labels"]
+    return labels
+
+
 def with_install_settings(
-    config: pod.MailpodConfig, settings: OperatorSettings
+    config: pod.MailpodConfig, settings: OperatorSettings, srs_domain: str | None = None
 ) -> pod.MailpodConfig:
     """The pod config with what the install-wide settings decide (trusted proxies, outbound):
     a copy with those fields set, not a dump and re-validation of 10,000 mailboxes."""
     return config.model_copy(
         update={
             "trusted_proxies": pod_trusted_proxies(settings),
-            "outbound": pod_outbound(settings),
+            "outbound": pod_outbound(settings, srs_domain),
         }
     )
 
@@ -328,6 +342,19 @@ def _volumes(
         for index, relay in enumerate(settings.outbound.relays)
         if relay.password_secret_ref is not None
     ]
+    if settings.outbound.srs.enabled:
+        # Optional: the reconciler creates the key before it names it in the config, and a
+        # pod started before that must not be held up by it.
+        volumes.append(
+            {
+                "name": "srs",
+                "secret": {
+                    "secretName": names.srs_secret,
+                    "defaultMode": SECRET_MODE,
+                    "optional": True,
+                },
+            }
+        )
     if relay_passwords:
         volumes.append(
             {
@@ -343,6 +370,8 @@ def _volumes(
         {"name": "dkim", "mountPath": str(DKIM_DIR), "readOnly": True},
         {"name": "tmp", "mountPath": str(TMP_DIR)},
     ]
+    if settings.outbound.srs.enabled:
+        mounts.append({"name": "srs", "mountPath": str(SRS_DIR), "readOnly": True})
     if relay_passwords:
         mounts.append({"name": "relays", "mountPath": str(RELAYS_DIR), "readOnly": True})
     return volumes, mounts

@@ -35,6 +35,7 @@ from letterbox.render.podconfig_secrets import (
 )
 from letterbox.render.workload import (
     RESTART_CHECKSUM_ANNOTATION,
+    SRS_KEY,
     dkim_key_path,
     pod_listeners,
     pod_storage,
@@ -663,3 +664,24 @@ def test_a_relay_login_needs_both_the_username_and_the_password() -> None:
     relay = {"host": "smtp.relay.example", "username": "letterbox"}
     with pytest.raises(ValidationError, match="username and passwordSecretRef go together"):
         OperatorSettings.model_validate({"outbound": {"relays": [relay]}})
+
+
+def test_srs_is_on_by_default_with_the_key_where_the_statefulset_mounts_it() -> None:
+    settings = OperatorSettings()
+    config = with_install_settings(_example_config(settings), settings, "example.com")
+    assert config.outbound.srs_domain == "example.com"
+    [key_file] = config.outbound.srs_secret_files
+    spec = _statefulset(settings, config)["spec"]["template"]["spec"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "srs"]
+    assert volume["secret"] == {
+        "secretName": "mailpod-srs",
+        "defaultMode": 0o440,
+        "optional": True,  # created by the reconciler before the config names it
+    }
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "srs"]
+    assert key_file == Path(mount["mountPath"]) / SRS_KEY
+    # Before the key exists (no domain given) the config names none.
+    assert with_install_settings(config, settings).outbound.srs_domain is None
+    off = OperatorSettings.model_validate({"outbound": {"srs": {"enabled": False}}})
+    names = {v["name"] for v in _statefulset(off, config)["spec"]["template"]["spec"]["volumes"]}
+    assert "srs" not in names

@@ -79,3 +79,14 @@ def test_the_queue_can_be_switched_off(tmp_path: Path) -> None:
     with pytest.raises(SmtpError) as error:
         _service(tmp_path, enabled=False).check_accepted("x@remote.example")
     assert error.value.reply().startswith("451 4.4.3")
+
+
+def test_an_srs_key_not_mounted_yet_forwards_unrewritten_until_it_appears(tmp_path: Path) -> None:
+    service = _service(tmp_path, srs_secret_files=[str(tmp_path / "later.key")])
+    forwarded = _envelope("someone@elsewhere.example", None)
+    assert service.build(forwarded, REMOTE, None).sender == "someone@elsewhere.example"
+    assert service.reverse_srs("SRS0=abcd=XX=elsewhere.example=someone@example.com") is None
+    (tmp_path / "later.key").write_text("key-two\n")  # the kubelet catches up
+    rewritten = service.build(forwarded, REMOTE, None).sender
+    assert rewritten.startswith("SRS0=") and rewritten.endswith("@example.com")
+    assert service.reverse_srs(rewritten) == "someone@elsewhere.example"
