@@ -270,6 +270,9 @@ def test_kill_9_during_a_delivery_burst_loses_nothing_and_repeats_no_recorded_de
         tmp_path / "pod",
         zone,
         max_connections_per_destination=connections,
+        # About 3 s for the burst: without a limit it can finish (~800 msg/s) between the
+        # moment the test sees it started and the kill.
+        max_messages_per_second_per_destination=100.0,
         retry_initial_seconds=3600.0,
     ).start()
     count = 300
