@@ -121,6 +121,9 @@ class QueuedMessage:
         document = asdict(self)
         for recipient in document["recipients"]:
             recipient["status"] = RcptStatus.SCHEDULED.value
+            # Journal state only; left out so a pod rolled back to an older version can still
+            # read the queue.
+            del recipient["delay_notified"]
         return json.dumps(document, separators=(",", ":")).encode()
 
 

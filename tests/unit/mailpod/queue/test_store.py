@@ -85,6 +85,8 @@ def test_a_delay_warning_once_sent_stays_sent(tmp_path: Path) -> None:
     loaded = store.load(message.id)
     assert loaded is not None
     assert loaded.recipients[0].delay_notified
+    # Journal state only: the message file stays readable by an older pod after a rollback.
+    assert b"delay_notified" not in store.path(message.id, "msg").read_bytes()
 
 
 def test_a_final_outcome_is_never_undone(tmp_path: Path) -> None:
