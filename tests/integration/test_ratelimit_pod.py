@@ -32,10 +32,21 @@ def _workers(pod: MailpodProcess) -> list[int]:
     raise AssertionError(f"two workers did not start:\n{pod.log()}")
 
 
+def _state(pid: int) -> str:
+    # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces, the state follows ")".
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
 @contextmanager
 def _stopped(worker: int) -> Iterator[None]:
     """Only the other worker accepts connections while this lasts."""
     os.kill(worker, signal.SIGSTOP)
+    # kill() returns before the stop takes effect: a worker still running on the other core
+    # could accept the next connection and then freeze holding it.
+    deadline = time.monotonic() + 10
+    while _state(worker) != "T":
+        assert time.monotonic() < deadline, f"worker {worker} did not stop"
+        time.sleep(0.01)
     try:
         yield
     finally:
