@@ -81,21 +81,26 @@ class _StripedTable:
         weakref.finalize(self, os.close, self._fd)
 
     @contextmanager
+    def _locked(self, stripe: int, shared: bool = False) -> Iterator[int]:
+        """Hold the record lock on one stripe; yields the stripe's first byte."""
+        length = self._stripe * self._slot_size
+        base = stripe * length
+        fcntl.lockf(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, length, base)
+        try:
+            yield base
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, base)
+
+    @contextmanager
     def _stripe_of(self, fingerprint: int, shared: bool = False) -> Iterator[list[int]]:
         """Lock the key's stripe; yields the offsets of the key's probe window, home slot
         first."""
-        stripe = (fingerprint >> 32) % self._stripes
-        base = stripe * self._stripe * self._slot_size
         home = fingerprint % self._stripe
-        length = self._stripe * self._slot_size
-        fcntl.lockf(self._fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, length, base)
-        try:
+        with self._locked((fingerprint >> 32) % self._stripes, shared) as base:
             yield [
                 base + (home + probe) % self._stripe * self._slot_size
                 for probe in range(self._probes)
             ]
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, length, base)
 
 
 class BucketTable(_StripedTable):
@@ -160,18 +165,16 @@ class ConnectionTable(_StripedTable):
 
     def clear_worker(self, index: int) -> None:
         """Zero a dead worker's counts (its connections died with it)."""
-        column = struct.Struct("<I")
-        length = self._stripe * self._slot_size
         for stripe in range(self._stripes):
-            base = stripe * length
             # Under the stripe's lock: a live worker's read-modify-write of a slot must not
             # write back the count being cleared.
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, length, base)
-            try:
+            with self._locked(stripe) as base:
                 for slot in range(self._stripe):
-                    column.pack_into(self._map, base + slot * self._slot_size + 8 + 4 * index, 0)
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, length, base)
+                    offset = base + slot * self._slot_size
+                    found, *counts = self._format.unpack_from(self._map, offset)
+                    if counts[index]:
+                        counts[index] = 0
+                        self._format.pack_into(self._map, offset, found, *counts)
 
     def acquire(self, key: str, index: int, limit: int | None) -> bool:
         """Count a connection of `key` for worker `index` unless `limit` are open pod-wide

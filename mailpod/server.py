@@ -86,10 +86,10 @@ class PodRuntime:
     """The concrete SmtpRuntime and ImapRuntime of a worker."""
 
     state: PodState
+    connections: ConnectionCounter
+    """This worker's view of the pod-wide open-connection counts (`run` makes the table)."""
     buckets: BucketTable | None = None
     """The pod-wide rate-limit table the parent made before forking (None: this process's own)."""
-    connections: ConnectionCounter = field(default_factory=lambda: ConnectionTable(1).worker(0))
-    """This worker's view of the pod-wide open-connection counts (default: this process's own)."""
     hostname: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -256,17 +256,17 @@ def _smtp_factory(runtime: PodRuntime, listener: Listener) -> Callable[[], objec
 async def serve(
     config_paths: list[Path],
     sockets: list[socket.socket],
+    connections: ConnectionCounter,
     stop: asyncio.Event | None = None,
     api: KubeSourceSettings | None = None,
     buckets: BucketTable | None = None,
-    connections: ConnectionCounter | None = None,
 ) -> None:
     """One worker: serve every listener on its pre-bound socket until SIGTERM (or `stop`)."""
     # asyncio gives every TLS connection its own 256 KiB read buffer for life; one per process
     # is enough (mailpod.imap.tlsbuffer), which matters with 1,000 idle IMAP connections.
     tlsbuffer.install()
     state = PodState.load(config_paths)
-    runtime = PodRuntime(state, buckets, connections or ConnectionTable(1).worker(0))
+    runtime = PodRuntime(state, connections, buckets)
     config = state.snapshot.config
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -345,13 +345,13 @@ def run(config_paths: list[Path], workers: int, api: KubeSourceSettings | None =
     for listener, sock in zip(config.listeners, sockets, strict=True):
         host, port = sock.getsockname()[:2]
         log.info("listening", extra={"listener": listener.kind.value, "address": f"{host}:{port}"})
+    # Made before any fork so every worker, replacements included, maps the same counts.
+    connections = ConnectionTable(max(1, workers))
     if workers <= 1:
-        asyncio.run(serve(config_paths, sockets, api=api))
+        asyncio.run(serve(config_paths, sockets, connections.worker(0), api=api))
         return 0
-    # Made before the fork so every worker, replacements included, maps the same rate limits
-    # and connection counts.
+    # The same for the rate limits.
     buckets = BucketTable()
-    connections = ConnectionTable(workers)
     return _supervise(config_paths, sockets, workers, api, buckets, connections)
 
 
@@ -377,9 +377,9 @@ def _supervise(
                     serve(
                         config_paths,
                         sockets,
+                        connections.worker(index),
                         api=api,
                         buckets=buckets,
-                        connections=connections.worker(index),
                     )
                 )
             except BaseException:
