@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,19 @@ class MailpodProcess:
         }
         config.update(self.overrides)
         return config
+
+    def expect_proxy(
+        self, kind: str, trusted: Sequence[str], config: dict[str, Any] | None = None
+    ) -> MailpodProcess:
+        """Write the config (`config`, else the default) with the `kind` listener expecting a
+        PROXY v2 header, honoured from the `trusted` networks."""
+        config = config or self.config()
+        for listener in config["listeners"]:
+            if listener["kind"] == kind:
+                listener["proxy_protocol"] = True
+        config["trusted_proxies"] = list(trusted)
+        self.write_config(config)
+        return self
 
     def write_config(self, config: dict[str, Any] | None = None) -> None:
         tmp = self.config_file.with_suffix(".tmp")

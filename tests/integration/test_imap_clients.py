@@ -128,14 +128,7 @@ def test_qresync_resync_with_imapclient(pod: MailpodProcess) -> None:
 
 
 def _proxied_pod(tmp_path: Path, trusted: list[str]) -> MailpodProcess:
-    pod = MailpodProcess(tmp_path, workers=1)
-    config = pod.config()
-    for listener in config["listeners"]:
-        if listener["kind"] == "imap":
-            listener["proxy_protocol"] = True
-    config["trusted_proxies"] = trusted
-    pod.write_config(config)
-    return pod
+    return MailpodProcess(tmp_path, workers=1).expect_proxy("imap", trusted)
 
 
 def _login_through_proxy(pod: MailpodProcess, header: bytes) -> list[bytes]:
@@ -215,13 +208,7 @@ def _tls_after_proxy(raw: socket.socket, pod: MailpodProcess, together: bool) ->
 
 def test_imaps_proxy_header_precedes_the_tls_handshake(tmp_path: Path) -> None:
     """Implicit TLS behind a balancer: the PROXY header comes in clear, then the handshake."""
-    pod = MailpodProcess(tmp_path, workers=1)
-    config = pod.config()
-    for listener in config["listeners"]:
-        if listener["kind"] == "imaps":
-            listener["proxy_protocol"] = True
-    config["trusted_proxies"] = ["127.0.0.0/8"]
-    pod.write_config(config)
+    pod = MailpodProcess(tmp_path, workers=1).expect_proxy("imaps", ["127.0.0.0/8"])
     pod.start()
     try:
         for together in (False, True):

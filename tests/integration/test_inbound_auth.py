@@ -304,13 +304,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, zones: PowerDns) -> Iterat
         },
         greylisting={"enabled": True, "delay_seconds": 1.0, "retry_window_seconds": 30},
     )
-    server = MailpodProcess(root, workers=1, overrides=overrides)
-    config = server.config()
-    for listener in config["listeners"]:
-        if listener["kind"] == "smtp":
-            listener["proxy_protocol"] = True
-    config["trusted_proxies"] = ["127.0.0.1/32"]
-    server.write_config(config)
+    server = MailpodProcess(root, workers=1, overrides=overrides).expect_proxy(
+        "smtp", ["127.0.0.1/32"]
+    )
     server.start(probe=lambda: _proxied_banner(server, "203.0.113.250").startswith(b"220"))
     try:
         yield server

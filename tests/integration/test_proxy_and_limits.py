@@ -26,13 +26,8 @@ ALICE = "alice@example.com"
 def _pod(tmp_path: Path, trusted: list[str]) -> MailpodProcess:
     pod = MailpodProcess(tmp_path, workers=1)
     config = pod.config()
-    for listener in config["listeners"]:
-        if listener["kind"] == "smtp":
-            listener["proxy_protocol"] = True
-    config["trusted_proxies"] = trusted
     config["limits"]["max_connections_per_ip"] = 3
-    pod.write_config(config)
-    return pod
+    return pod.expect_proxy("smtp", trusted, config)
 
 
 def _send_through_proxy(port: int, header: bytes) -> bytes:
@@ -105,14 +100,7 @@ def test_connection_limit_per_address(tmp_path: Path) -> None:
 
 
 def _implicit_tls_pod(tmp_path: Path) -> MailpodProcess:
-    pod = MailpodProcess(tmp_path, workers=1)
-    config = pod.config()
-    for listener in config["listeners"]:
-        if listener["kind"] == "submissions":
-            listener["proxy_protocol"] = True
-    config["trusted_proxies"] = ["127.0.0.0/8"]
-    pod.write_config(config)
-    return pod
+    return MailpodProcess(tmp_path, workers=1).expect_proxy("submissions", ["127.0.0.0/8"])
 
 
 def test_implicit_tls_submission_behind_a_proxy_with_swaks(tmp_path: Path) -> None:
