@@ -365,6 +365,7 @@ class QueueRunner:
         now = self.clock()
         config = self.config()
         durable = False
+        expires = message.created + config.lifetime_seconds
         delayed: list[QueuedRecipient] = []
         for index, text in zip(job.indexes, replies, strict=True):
             recipient = message.recipients[index]
@@ -383,7 +384,6 @@ class QueueRunner:
                 result = AttemptResult.FAILED
             else:
                 recipient.attempts += 1
-                expires = message.created + config.lifetime_seconds
                 if now >= expires:
                     recipient.status = RcptStatus.FAILED
                     recipient.reply = f"{code} 4.4.7 delivery time expired; last reply: {text}"
@@ -427,8 +427,7 @@ class QueueRunner:
         await self._io(lambda: self.store.record_many(message, job.indexes, durable))
         self._release(job)
         if delayed:
-            until = datetime.fromtimestamp(message.created + config.lifetime_seconds, UTC)
-            await self._send_dsn(message, delayed, retry_until=until)
+            await self._send_dsn(message, delayed, retry_until=datetime.fromtimestamp(expires, UTC))
         if message.done:
             await self._finish(message)
         else:
@@ -443,9 +442,14 @@ class QueueRunner:
 
     # --- the end of a message -------------------------------------------------------------------
 
+    def _reports_to_sender(self, message: QueuedMessage) -> bool:
+        """Whether DSNs about `message` go anywhere: only to a local sender, never for a dropped
+        message, and only with a local mailbox to put them in."""
+        return not message.dropped and bool(message.bounce_to) and self.local_deliver is not None
+
     def _notices(self, message: QueuedMessage) -> list[QueuedRecipient]:
         """The recipients a DSN to the (local) sender must report now."""
-        if message.dropped or not message.bounce_to or self.local_deliver is None:
+        if not self._reports_to_sender(message):
             return []
         return [
             r
@@ -463,8 +467,7 @@ class QueueRunner:
             and now - message.created >= after
             and not recipient.delay_notified
             and recipient.wants(Notify.DELAY)
-            and bool(message.bounce_to)
-            and self.local_deliver is not None
+            and self._reports_to_sender(message)
         )
 
     async def _finish(self, message: QueuedMessage) -> None:
@@ -486,7 +489,7 @@ class QueueRunner:
     ) -> None:
         """Put a DSN about `recipients` in the local sender's mailbox; a failure is logged (the
         message's own fate does not depend on it)."""
-        if self.local_deliver is None or not message.bounce_to:
+        if self.local_deliver is None:  # callers checked `_reports_to_sender`
             return
         try:
             original = await self._io(lambda: self.store.body(message.id))
